@@ -1,0 +1,82 @@
+"""HTTP app factory for the lookup API (aiohttp)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.asyncio import Redis
+
+from detector.api import routes
+from detector.api.openapi import OPENAPI
+from detector.api.state import ApiState, Forbidden
+from detector.config import Settings
+
+log = logging.getLogger("detector.api")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn expected failures into JSON errors and record count and latency per endpoint."""
+    state: ApiState = request.app[ApiState.KEY]
+    resource = request.match_info.route.resource
+    endpoint = resource.canonical if resource is not None else "unmatched"
+    started = time.perf_counter()
+    try:
+        response = await handler(request)
+        outcome = str(response.status)
+    except routes.BadRequest as exc:
+        response, outcome = web.json_response({"error": str(exc)}, status=422), "422"
+    except Forbidden as exc:
+        response, outcome = web.json_response({"error": str(exc)}, status=exc.status), str(exc.status)
+    except web.HTTPException as exc:
+        response = web.json_response({"error": exc.reason}, status=exc.status)
+        outcome = str(exc.status)
+    state.requests.labels(endpoint, outcome).inc()
+    state.latency.labels(endpoint, outcome).observe(time.perf_counter() - started)
+    return response
+
+
+async def metrics(request: web.Request) -> web.Response:
+    state: ApiState = request.app[ApiState.KEY]
+    body = generate_latest(state.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(OPENAPI)
+
+
+def create_app(settings: Settings, redis: Redis | None = None) -> web.Application:
+    """The API application; it owns (and closes) its Redis client unless one is given."""
+    app = web.Application(middlewares=[guard])
+    client = redis if redis is not None else Redis.from_url(settings.redis_url)
+    app[ApiState.KEY] = ApiState(settings, client)
+    app.router.add_get("/v1/decision", routes.get_decision)
+    app.router.add_get("/v1/spend", routes.get_spend)
+    app.router.add_get("/healthz", routes.healthz)
+    app.router.add_get("/readyz", routes.readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", openapi)
+
+    if redis is None:
+
+        async def close_redis(app: web.Application) -> None:
+            await client.aclose()
+
+        app.on_cleanup.append(close_redis)
+    return app
+
+
+def run_api(settings: Settings) -> None:
+    """Serve until interrupted."""
+    app = create_app(settings)
+    log.info("lookup API on http://%s:%d", settings.api_host, settings.api_port)
+    web.run_app(
+        app, host=settings.api_host, port=settings.api_port, access_log=None, print=None
+    )

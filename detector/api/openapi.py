@@ -1,0 +1,93 @@
+"""The OpenAPI 3.1 document served at /openapi.json."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from detector.schemas import Scope
+from detector.windows.buckets import WINDOWS
+
+
+def _param(name: str, required: bool = False, enum: list[str] | None = None) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": 256}
+    if enum:
+        schema = {"type": "string", "enum": enum}
+    return {"name": name, "in": "query", "required": required, "schema": schema}
+
+
+_ERROR = {
+    "description": "bad input",
+    "content": {
+        "application/json": {
+            "schema": {"type": "object", "properties": {"error": {"type": "string"}}}
+        }
+    },
+}
+
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {"title": "LLM spend detector lookup API", "version": "1"},
+    "components": {
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+    },
+    "security": [{"bearer": []}],
+    "paths": {
+        "/v1/decision": {
+            "get": {
+                "summary": "Strictest decision in force for the request's entities",
+                "parameters": [
+                    _param("tenant_id", required=True),
+                    *(
+                        _param(p)
+                        for p in ("user_id", "api_key_id", "feature", "model", "session_id")
+                    ),
+                ],
+                "responses": {
+                    "200": {
+                        "description": "decision",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["action", "retry_after_s", "reasons"],
+                                    "properties": {
+                                        "action": {
+                                            "type": "string",
+                                            "enum": ["allow", "throttle", "block"],
+                                        },
+                                        "retry_after_s": {"type": ["integer", "null"]},
+                                        "reasons": {"type": "array", "items": {"type": "object"}},
+                                        "degraded": {"type": "boolean"},
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "422": _ERROR,
+                },
+            }
+        },
+        "/v1/spend": {
+            "get": {
+                "summary": "All metrics of one entity's window",
+                "parameters": [
+                    _param("scope", enum=[s.value for s in Scope]),
+                    _param("tenant_id"),
+                    _param("id"),
+                    _param("window", enum=list(WINDOWS)),
+                ],
+                "responses": {"200": {"description": "window metrics"}, "422": _ERROR},
+            }
+        },
+        "/healthz": {"get": {"summary": "Process is up", "responses": {"200": {"description": "ok"}}}},
+        "/readyz": {
+            "get": {
+                "summary": "Redis reachable",
+                "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}},
+            }
+        },
+        "/metrics": {
+            "get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text"}}}
+        },
+    },
+}

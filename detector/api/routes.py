@@ -1,0 +1,132 @@
+"""Read-only lookups for gateways: decisions and spend."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from detector.api.state import ApiState
+from detector.schemas import IDENT_PATTERN, TENANT_PATTERN, Action, LookupAnswer, Scope
+from detector.windows.buckets import WINDOWS
+
+log = logging.getLogger("detector.api")
+
+ENTITY_PARAMS = {
+    "user_id": Scope.user,
+    "api_key_id": Scope.api_key,
+    "feature": Scope.feature,
+    "model": Scope.model,
+    "session_id": Scope.session,
+}
+_TENANT_RE = re.compile(TENANT_PATTERN)
+_IDENT_RE = re.compile(IDENT_PATTERN)
+
+
+class BadRequest(Exception):
+    """Becomes a 422 with the message as `error`."""
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def tenant_param(request: web.Request) -> str:
+    value = request.query.get("tenant_id")
+    if not value:
+        raise BadRequest("tenant_id is required")
+    if not _TENANT_RE.match(value):
+        raise BadRequest("tenant_id must be 1-128 characters of A-Z a-z 0-9 . _ : @ / + = -")
+    return value
+
+
+def ident_param(request: web.Request, name: str) -> str | None:
+    value = request.query.get(name)
+    if value is None or value == "":
+        return None
+    if not _IDENT_RE.match(value):
+        raise BadRequest(f"{name} must be 1-256 printable characters")
+    return value
+
+
+async def get_decision(request: web.Request) -> web.Response:
+    """The strictest decision in force for any entity named in the query."""
+    state: ApiState = request.app[ApiState.KEY]
+    tenant = tenant_param(request)
+    state.authorize(request, "decision:read", tenant)
+    entities = [(tenant, Scope.tenant, tenant)]
+    for param, scope in ENTITY_PARAMS.items():
+        value = ident_param(request, param)
+        if value is not None:
+            entities.append((tenant, scope, value))
+    at_ms = now_ms()
+    try:
+        found = await state.decisions.lookup(entities, at_ms)
+    except (RedisError, OSError):
+        state.redis_down()
+        action = Action.allow if state.settings.fail_open else Action.block
+        answer = LookupAnswer(action=action, retry_after_s=None, reasons=[], degraded=True)
+        return web.json_response(text=answer.model_dump_json())
+    if not found:
+        answer = LookupAnswer(action=Action.allow, retry_after_s=None, reasons=[])
+        return web.json_response(text=answer.model_dump_json())
+    top = found[0]
+    reasons: list[dict[str, str | int | bool]] = [
+        {
+            "rule_id": d.rule_id,
+            "scope": d.scope.value,
+            "entity_id": d.entity_id,
+            "action": d.action.value,
+            "until": d.until,
+            "reason": d.reason,
+        }
+        for d in found
+    ]
+    retry_after_s = max(1, (top.until_ms - at_ms + 999) // 1000)
+    answer = LookupAnswer(action=top.action, retry_after_s=retry_after_s, reasons=reasons)
+    return web.json_response(text=answer.model_dump_json())
+
+
+async def get_spend(request: web.Request) -> web.Response:
+    """All metrics of one entity's window."""
+    state: ApiState = request.app[ApiState.KEY]
+    scope_text = request.query.get("scope", "tenant")
+    try:
+        scope = Scope(scope_text)
+    except ValueError:
+        raise BadRequest(
+            f"scope must be one of {', '.join(s.value for s in Scope)}, got {scope_text!r}"
+        ) from None
+    window = request.query.get("window", "1h")
+    if window not in WINDOWS:
+        raise BadRequest(f"window must be one of {', '.join(WINDOWS)}, got {window!r}")
+    tenant = "_global" if scope is Scope.global_ else tenant_param(request)
+    state.authorize(request, "spend:read", None if scope is Scope.global_ else tenant)
+    if scope is Scope.global_:
+        entity = "all"
+    elif scope is Scope.tenant:
+        entity = tenant
+    else:
+        entity = ident_param(request, "id") or ""
+        if not entity:
+            raise BadRequest(f"id is required for scope {scope.value}")
+    [metrics] = await state.windows.read_windows([(tenant, scope, entity, window)], now_ms())
+    body = {"scope": scope.value, "tenant_id": tenant, "id": entity, "window": window}
+    return web.json_response({**body, "metrics": metrics})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    state: ApiState = request.app[ApiState.KEY]
+    try:
+        await state.redis.ping()
+    except (RedisError, OSError):
+        state.redis_down()
+        return web.json_response({"status": "redis unreachable"}, status=503)
+    return web.json_response({"status": "ready"})

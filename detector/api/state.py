@@ -1,0 +1,78 @@
+"""What the API's handlers share: settings, Redis, stores, tokens and metrics."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from redis.asyncio import Redis
+
+from detector.api.auth import Grant, find_grant, parse_tokens
+from detector.config import Settings
+from detector.decisions.store import DecisionStore
+from detector.windows.counters import WindowStore
+
+log = logging.getLogger("detector.api")
+
+REDIS_DOWN_LOG_INTERVAL_S = 30.0
+
+
+class Forbidden(Exception):
+    """401 or 403, with the reason."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ApiState:
+    KEY: web.AppKey[ApiState] = web.AppKey("detector_state")
+
+    def __init__(self, settings: Settings, redis: Redis) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.decisions = DecisionStore(redis)
+        self.windows = WindowStore(redis, settings.dedup_horizon_s)
+        secret = settings.api_tokens.get_secret_value() if settings.api_tokens else ""
+        self.tokens = parse_tokens(secret)
+        self._last_redis_log_s = 0.0
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "detector_api_requests", "API requests", ["endpoint", "outcome"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "detector_api_request_seconds",
+            "API request latency",
+            ["endpoint", "outcome"],
+            buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0),
+            registry=self.registry,
+        )
+        self.redis_errors = Counter(
+            "detector_api_redis_errors", "Requests answered without Redis", registry=self.registry
+        )
+
+    def authorize(self, request: web.Request, scope: str, tenant_id: str | None) -> Grant | None:
+        """Check the bearer token for `scope` on `tenant_id`; no tokens configured means open."""
+        if not self.tokens:
+            return None
+        header = request.headers.get("Authorization", "")
+        kind, _, presented = header.partition(" ")
+        if kind.lower() != "bearer" or not presented:
+            raise Forbidden(401, "missing bearer token")
+        grant = find_grant(self.tokens, presented.strip())
+        if grant is None:
+            raise Forbidden(401, "unknown token")
+        if not grant.permits(scope, tenant_id):
+            raise Forbidden(403, f"token lacks {scope} for this tenant")
+        return grant
+
+    def redis_down(self) -> None:
+        """Count an answer given without Redis; log at most once per interval."""
+        self.redis_errors.inc()
+        now_s = time.monotonic()
+        if now_s - self._last_redis_log_s >= REDIS_DOWN_LOG_INTERVAL_S:
+            self._last_redis_log_s = now_s
+            policy = "allow (fail-open)" if self.settings.fail_open else "block (fail-closed)"
+            log.error("Redis unreachable at %s; answering %s", self.settings.redis_url, policy)

@@ -1,0 +1,162 @@
+"""The `detector` command: worker, api, demo, simulate, produce, rules, spend."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import orjson
+import typer
+
+from detector.config import Settings, load_settings
+from detector.errors import DetectorError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+rules_app = typer.Typer(no_args_is_help=True, help="Check and try out rules files.")
+app.add_typer(rules_app, name="rules")
+
+
+def _settings() -> Settings:
+    settings = load_settings()
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    return settings
+
+
+@app.command()
+def worker() -> None:
+    """Consume cost events, keep the windows, apply the rules, publish decisions and alerts."""
+    from detector.pricing import PriceTable
+    from detector.rules.holder import RulesHolder
+    from detector.startup import check_kafka, check_redis, ensure_topics
+    from detector.worker import run_worker
+
+    settings = _settings()
+    rules = RulesHolder(settings.rules)
+    prices = PriceTable.load(settings.prices_file)
+    asyncio.run(check_redis(settings))
+    asyncio.run(check_kafka(settings))
+    asyncio.run(ensure_topics(settings))
+    run_worker(settings, rules, prices)
+
+
+@app.command()
+def api() -> None:
+    """Serve the lookup API (decisions, spend, health, metrics) for gateways."""
+    from detector.api.app import run_api
+    from detector.startup import check_redis
+
+    settings = _settings()
+    asyncio.run(check_redis(settings))
+    run_api(settings)
+
+
+@app.command()
+def demo(
+    seconds: Annotated[float, typer.Option(help="Length of the simulated traffic.")] = 60.0,
+) -> None:
+    """Run worker and API, play traffic in which one tenant turns abusive, show the outcome."""
+    from detector.demo import run_demo
+
+    sys.exit(asyncio.run(run_demo(_settings(), seconds)))
+
+
+@app.command()
+def simulate(
+    out: Annotated[Path, typer.Option(help="JSONL file to write, '-' for stdout.")] = Path("-"),
+    seed: int = 7,
+    seconds: float = 60.0,
+    rate: Annotated[float, typer.Option(help="Background events per second.")] = 40.0,
+    tenants: int = 4,
+    abuse_at: Annotated[float, typer.Option(help="Seconds until tenant-0 turns abusive.")] = 20.0,
+    start_ms: Annotated[int | None, typer.Option(help="Event time of the first event.")] = None,
+) -> None:
+    """Write seeded synthetic gateway traffic (one abusive tenant) as JSONL cost events."""
+    from detector.simulate import Scenario, generate
+
+    scenario = Scenario(
+        seed=seed, tenants=tenants, duration_s=seconds, rate_per_s=rate, abuse_at_s=abuse_at
+    )
+    first_ms = start_ms if start_ms is not None else time.time_ns() // 1_000_000
+    sink = sys.stdout.buffer if str(out) == "-" else out.open("wb")
+    count = 0
+    for event in generate(scenario, first_ms):
+        sink.write(orjson.dumps(event) + b"\n")
+        count += 1
+    sink.flush()
+    if sink is not sys.stdout.buffer:
+        sink.close()
+        typer.echo(f"wrote {count} events to {out}", err=True)
+
+
+@app.command()
+def produce(
+    file: Annotated[Path, typer.Argument(help="JSONL file of cost events ('-' for stdin).")],
+) -> None:
+    """Publish JSONL events to llm.cost.events, keyed by tenant_id, as they are (bad ones too)."""
+    from detector.produce import produce_lines
+
+    settings = _settings()
+    source = sys.stdin.buffer if str(file) == "-" else file.open("rb")
+    with source:
+        lines = [line.rstrip(b"\r\n") for line in source if line.strip()]
+    sent = asyncio.run(produce_lines(settings, lines))
+    typer.echo(f"published {sent} events to {settings.topic('llm.cost.events')}")
+
+
+@rules_app.command("validate")
+def rules_validate(
+    file: Annotated[Path, typer.Argument(help="rules.yaml to check.")] = Path("rules.yaml"),
+) -> None:
+    """Check a rules file; print every problem (file, rule, field, value) and exit 1 if any."""
+    from detector.rules.loader import load_rules
+
+    rules = load_rules(file)
+    typer.echo(f"{file}: {len(rules.rules)} rules, OK")
+
+
+@app.command()
+def spend(
+    tenant: Annotated[str, typer.Option(help="Tenant id.")] = "",
+    scope: Annotated[str, typer.Option(help="global, tenant, user, feature, model, ...")] = "tenant",
+    entity: Annotated[str, typer.Option("--id", help="Entity id within the tenant.")] = "",
+    window: Annotated[str, typer.Option(help="1m, 5m, 1h, 1d, 7d, 30d, today, week, month")] = "1h",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Print every metric of one entity's window."""
+    from detector.spend import read_spend
+
+    settings = _settings()
+    body = asyncio.run(read_spend(settings, scope, tenant, entity, window))
+    if as_json:
+        typer.echo(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode())
+        return
+    typer.echo(f"{body['scope']} {body['id']} ({body['tenant_id']}), window {body['window']}:")
+    metrics = body["metrics"]
+    assert isinstance(metrics, dict)  # noqa: S101
+    for name, value in metrics.items():
+        typer.echo(f"  {name:<22} {value}")
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except DetectorError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except (typer.Exit, typer.Abort) as exc:
+        sys.exit(getattr(exc, "exit_code", 1))
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:  # click usage errors and the like
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise

@@ -1,0 +1,88 @@
+"""Process settings, read once from DETECTOR_* environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from detector.errors import ConfigError
+
+
+class Settings(BaseSettings):
+    """Everything a process needs to know about its surroundings; policy lives in rules.yaml."""
+
+    model_config = SettingsConfigDict(env_prefix="DETECTOR_", frozen=True, extra="ignore")
+
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    rules: Path = Path("rules.yaml")
+    topic_prefix: str = Field(default="", max_length=100)
+    consumer_group: str = "llm-spend-detector"
+    topic_partitions: int = Field(default=4, ge=1, le=1024)
+    data_dir: Path = Path(".detector-data")
+    prices_file: Path | None = None  # LiteLLM-format override of the packaged price table
+
+    # Event time: how far in the future an event may claim to be, and how late it may arrive
+    # and still update the short windows.
+    max_future_skew_s: int = Field(default=300, ge=0)
+    allowed_lateness_s: int = Field(default=3600, ge=0)
+    dedup_horizon_s: int = Field(default=48 * 3600, ge=60)
+
+    # Hot path batching: at most this many events, or this long, per Redis round trip.
+    batch_max_events: int = Field(default=2000, ge=1, le=100_000)
+    batch_max_wait_ms: int = Field(default=200, ge=1, le=10_000)
+
+    slack_webhook_url: SecretStr | None = None
+    slack_bot_token: SecretStr | None = None
+    slack_channel: str | None = None
+    slack_base_url: str | None = None
+
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8080, ge=0, le=65535)
+    api_tokens: SecretStr | None = None
+    fail_open: bool = True
+
+    log_level: str = "INFO"
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _check_bootstrap(cls, value: str) -> str:
+        for part in value.split(","):
+            host, sep, port = part.strip().rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ValueError(f"expected host:port[,host:port...], got {value!r}")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"expected redis://host:port/db, got {value!r}")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_log_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ValueError(f"expected DEBUG, INFO, WARNING or ERROR, got {value!r}")
+        return level
+
+    def topic(self, name: str) -> str:
+        """Full topic name for one of keys.TOPIC_* (a prefix lets tests isolate themselves)."""
+        return f"{self.topic_prefix}{name}"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build Settings from the environment, turning validation errors into one clear line."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = ".".join(str(p) for p in err["loc"])
+            value = err.get("input")
+            problems.append(f"DETECTOR_{field.upper()}={value!r}: {err['msg']}")
+        raise ConfigError("bad setting: " + "; ".join(problems)) from exc

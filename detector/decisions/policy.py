@@ -1,0 +1,104 @@
+"""Pure policy: rule hits in, decisions and alerts out."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from detector.rules.engine import RuleHit
+from detector.rules.schema import RuleSet
+from detector.schemas import Action, Alert, AlertKind, Decision, Scope, Strictness
+from detector.timefmt import rfc3339
+
+STRICTNESS = {
+    Action.allow: Strictness.allow,
+    Action.alert: Strictness.allow,
+    Action.throttle: Strictness.throttle,
+    Action.block: Strictness.block,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one hit leads to: an alert, and a decision when the rule enforces one."""
+
+    alert: Alert
+    decision: Decision | None
+
+
+def decide(rules: RuleSet, hits: list[RuleHit], event_time_ms: int, now_ms: int) -> list[Outcome]:
+    """Turn hits into alerts and decisions; allow-listed entities get alerts but no decision."""
+    out = []
+    for hit in hits:
+        rule = hit.rule
+        until_ms = now_ms + rule.for_s * 1000
+        enforce = rule.action in (Action.throttle, Action.block)
+        allowed = rules.allowed(hit.scope, hit.entity_id)
+        decision = None
+        if enforce and not allowed:
+            decision = Decision(
+                tenant_id=hit.tenant_id,
+                scope=hit.scope,
+                entity_id=hit.entity_id,
+                action=rule.action,
+                until=rfc3339(until_ms),
+                until_ms=until_ms,
+                rule_id=rule.id,
+                reason=explain(hit),
+                decided_at=rfc3339(now_ms),
+                shadow=rule.shadow,
+            )
+        out.append(Outcome(_alert(hit, decision, allowed, event_time_ms, now_ms), decision))
+    return out
+
+
+def explain(hit: RuleHit) -> str:
+    """One line saying what crossed what.
+
+    >>> from detector.rules.loader import parse_rules
+    >>> rs = parse_rules("rules: [{id: r1, scope: tenant, metric: cost_usd, window: 1h, "
+    ...                  "threshold: 50}]", "t.yaml")
+    >>> explain(RuleHit(rs.rules[0], "acme", Scope.tenant, "acme", 72.5, {}))
+    'cost_usd over 1h is 72.5 (> 50) for tenant acme'
+    """
+    rule = hit.rule
+    return (
+        f"{rule.metric} over {rule.window} is {round(hit.observed, 6):g} "
+        f"({rule.op.value} {rule.threshold:g}) for {hit.scope.value} {hit.entity_id}"
+    )
+
+
+def _alert(
+    hit: RuleHit, decision: Decision | None, allowed: bool, event_time_ms: int, now_ms: int
+) -> Alert:
+    rule = hit.rule
+    action = rule.action if decision is not None else Action.alert
+    digest = hashlib.blake2b(
+        f"{rule.id}|{hit.tenant_id}|{hit.scope}|{hit.entity_id}|{now_ms}".encode(), digest_size=8
+    ).hexdigest()
+    message = explain(hit)
+    if rule.shadow and decision is not None:
+        message += f" (shadow: would have applied {rule.action.value})"
+    elif decision is not None:
+        message += f"; {rule.action.value} until {decision.until}"
+    elif allowed and rule.action is not Action.alert:
+        message += f" (allow-listed: {rule.action.value} not applied)"
+    return Alert(
+        alert_id=digest,
+        kind=AlertKind.rule,
+        rule_id=rule.id,
+        severity=rule.severity,
+        tenant_id=hit.tenant_id,
+        scope=hit.scope if hit.scope is not Scope.global_ else Scope.global_,
+        entity_id=hit.entity_id,
+        window=rule.window,
+        metric=rule.metric,
+        observed=round(hit.observed, 6),
+        threshold=rule.threshold,
+        action=action,
+        until=decision.until if decision else None,
+        shadow=rule.shadow,
+        event_time=rfc3339(event_time_ms),
+        created_at=rfc3339(now_ms),
+        message=message,
+    )

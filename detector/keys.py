@@ -1,0 +1,50 @@
+"""Every Redis key, TTL and Kafka topic name the detector uses, built in one place."""
+
+from __future__ import annotations
+
+TOPIC_EVENTS = "llm.cost.events"
+TOPIC_DECISIONS = "llm.cost.decisions"
+TOPIC_ALERTS = "llm.cost.alerts"
+TOPIC_DEADLETTER = "llm.cost.deadletter"
+
+GLOBAL_TENANT = "_global"  # pseudo-tenant holding the global scope's windows
+
+# Channel on which decision changes are announced to API processes (cache invalidation).
+DECISIONS_CHANNEL = "det:decisions:changed"
+
+
+def _tag(tenant: str) -> str:
+    # the {t:...} hash tag keeps one tenant's keys in one Redis Cluster slot
+    return f"{{t:{tenant}}}"
+
+
+def window_key(tenant: str, scope: str, entity: str, bucket_s: int, bucket_start_ms: int) -> str:
+    """Hash of metric sums for one entity in one time bucket.
+
+    >>> window_key("acme", "user", "u1", 60, 120000)
+    'det:win:{t:acme}:user:u1:60:120000'
+    """
+    return f"det:win:{_tag(tenant)}:{scope}:{entity}:{bucket_s}:{bucket_start_ms}"
+
+
+def seen_key(tenant: str, event_id: str) -> str:
+    """Marker that one event id was already applied (idempotency)."""
+    return f"det:seen:{_tag(tenant)}:{event_id}"
+
+
+def decision_key(tenant: str, scope: str, entity: str) -> str:
+    """Hash holding the current decision for one entity; expires with the decision."""
+    return f"det:dec:{_tag(tenant)}:{scope}:{entity}"
+
+
+def cooldown_key(tenant: str, rule_id: str, scope: str, entity: str) -> str:
+    """Marker that a rule alerted for an entity recently; expires after the cooldown."""
+    return f"det:cool:{_tag(tenant)}:{rule_id}:{scope}:{entity}"
+
+
+def audit_key(tenant: str) -> str:
+    """Capped list of the tenant's decision changes, newest first."""
+    return f"det:audit:{_tag(tenant)}"
+
+
+AUDIT_MAX_ENTRIES = 1000

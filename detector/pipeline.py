@@ -1,0 +1,101 @@
+"""The whole flow for one batch of raw events, on one screen.
+
+decode -> price -> windows (exactly once) -> rules -> decisions -> outputs (Kafka topics)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from detector.config import Settings
+from detector.decisions.policy import decide
+from detector.decisions.store import Change, DecisionStore
+from detector.errors import BadEvent
+from detector.ingest.decode import decode_event
+from detector.pricing import PriceTable, price_event
+from detector.rules.engine import evaluate_rules, reads_needed
+from detector.rules.schema import RuleSet
+from detector.schemas import Alert, Decision
+from detector.sinks.kafka import KafkaSink
+from detector.windows.buckets import MAX_RETENTION_S
+from detector.windows.counters import PricedEvent, WindowStore
+
+log = logging.getLogger(__name__)
+
+RawMessage = tuple[bytes | None, bytes]  # Kafka key, value
+
+
+@dataclass(frozen=True)
+class Deps:
+    settings: Settings
+    rules: Callable[[], RuleSet]  # the current rules; hot reload swaps what this returns
+    prices: PriceTable
+    windows: WindowStore
+    decisions: DecisionStore
+    kafka: KafkaSink
+
+
+@dataclass
+class BatchResult:
+    applied: int = 0
+    duplicates: int = 0
+    dead_letters: list[tuple[bytes | None, bytes, BadEvent]] = field(default_factory=list)
+    decisions: list[Decision] = field(default_factory=list)
+    alerts: list[Alert] = field(default_factory=list)
+
+
+async def handle_batch(messages: Sequence[RawMessage], deps: Deps, now_ms: int) -> BatchResult:
+    """Count a batch exactly once, evaluate the rules on what it touched, and publish the outcome."""
+    settings, result = deps.settings, BatchResult()
+    priced: list[PricedEvent] = []
+    for key, raw in messages:
+        try:
+            event = decode_event(raw, now_ms, settings.max_future_skew_s, MAX_RETENTION_S)
+        except BadEvent as exc:
+            result.dead_letters.append((key, raw, exc))
+            continue
+        priced.append(PricedEvent(event, price_event(event, deps.prices)))
+
+    applied = await deps.windows.apply_batch(priced, now_ms)
+    result.applied, result.duplicates = len(applied.applied), len(applied.duplicates)
+
+    if applied.applied:
+        rules = deps.rules()
+        # Rules read the windows at event time: the newest event of the batch, never the future.
+        eval_ms = min(max(it.event.ts_ms for it in applied.applied), now_ms)
+        targets = [(t.tenant_id, t.scope, t.entity_id) for t in applied.touched]
+        reads = reads_needed(rules, targets)
+        sums = await deps.windows.read_windows(reads, eval_ms)
+        hits = evaluate_rules(rules, dict(zip(reads, sums, strict=True)))
+        outcomes = decide(rules, hits, eval_ms, now_ms)
+        enforced = [o.decision for o in outcomes if o.decision and not o.decision.shadow]
+        changes = await deps.decisions.save(enforced)
+        result.decisions = [d for d, c in zip(enforced, changes, strict=True) if c is Change.new]
+        for outcome in outcomes:
+            hit_rule = outcome.alert
+            claimed = await deps.decisions.claim_alert(
+                hit_rule.tenant_id,
+                hit_rule.rule_id,
+                hit_rule.scope,
+                hit_rule.entity_id,
+                _cooldown_s(rules, hit_rule.rule_id),
+            )
+            if claimed:
+                result.alerts.append(outcome.alert)
+
+    if result.dead_letters:
+        await deps.kafka.send_dead_letters(result.dead_letters)
+    if result.decisions:
+        await deps.kafka.send_decisions(result.decisions)
+    if result.alerts:
+        await deps.kafka.send_alerts(result.alerts)
+    return result
+
+
+def _cooldown_s(rules: RuleSet, rule_id: str) -> int:
+    for rule in rules.rules:
+        if rule.id == rule_id:
+            return rule.cooldown_s
+    return 600

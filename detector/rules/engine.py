@@ -1,0 +1,84 @@
+"""Pure rule evaluation: window metrics of touched entities in, rule hits out."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from detector.rules.schema import Comparison, RuleSet, ThresholdRule
+from detector.schemas import Scope
+
+
+@dataclass(frozen=True, slots=True)
+class RuleHit:
+    """One rule crossed for one entity."""
+
+    rule: ThresholdRule
+    tenant_id: str
+    scope: Scope
+    entity_id: str
+    observed: float
+    metrics: Mapping[str, float]
+
+
+Target = tuple[str, Scope, str]  # tenant, scope, entity
+WindowRead = tuple[str, Scope, str, str]  # tenant, scope, entity, window
+
+
+def reads_needed(rules: RuleSet, touched: Iterable[Target]) -> list[WindowRead]:
+    """Every window read the rules need for the touched entities, without repeats.
+
+    >>> from detector.rules.loader import parse_rules
+    >>> rs = parse_rules("rules: [{id: r, scope: tenant, metric: cost_usd, window: 1h, "
+    ...                  "threshold: 1}]", "t.yaml")
+    >>> reads_needed(rs, [("acme", Scope.tenant, "acme"), ("acme", Scope.user, "u1")])
+    [('acme', <Scope.tenant: 'tenant'>, 'acme', '1h')]
+    """
+    windows_by_scope: dict[Scope, list[str]] = {}
+    for rule in rules.rules:
+        found = windows_by_scope.setdefault(rule.scope, [])
+        if rule.window not in found:
+            found.append(rule.window)
+    out: list[WindowRead] = []
+    for tenant, scope, entity in sorted(set(touched)):
+        for window in windows_by_scope.get(scope, ()):
+            out.append((tenant, scope, entity, window))
+    return out
+
+
+def metric_value(metrics: Mapping[str, float], name: str) -> float:
+    """A base or derived metric from a window's sums.
+
+    >>> metric_value({"cost_usd": 3.0, "requests": 4}, "cost_per_request_usd")
+    0.75
+    >>> metric_value({"input_tokens": 0, "output_tokens": 10}, "output_input_ratio")
+    10.0
+    """
+    if name == "cost_per_request_usd":
+        return metrics.get("cost_usd", 0.0) / max(metrics.get("requests", 0.0), 1.0)
+    if name == "output_input_ratio":
+        return metrics.get("output_tokens", 0.0) / max(metrics.get("input_tokens", 0.0), 1.0)
+    if name == "error_rate":
+        return metrics.get("errors", 0.0) / max(metrics.get("requests", 0.0), 1.0)
+    return metrics.get(name, 0.0)
+
+
+def crosses(rule: ThresholdRule, observed: float) -> bool:
+    if rule.op is Comparison.ge:
+        return observed >= rule.threshold
+    return observed > rule.threshold
+
+
+def evaluate_rules(rules: RuleSet, windows: Mapping[WindowRead, Mapping[str, float]]) -> list[RuleHit]:
+    """Hits of every rule on the entities whose windows were read."""
+    hits: list[RuleHit] = []
+    for (tenant, scope, entity, window), metrics in windows.items():
+        for rule in rules.rules:
+            if rule.scope is not scope or rule.window != window:
+                continue
+            if metrics.get("requests", 0.0) < rule.min_requests:
+                continue
+            observed = metric_value(metrics, rule.metric)
+            if crosses(rule, observed):
+                hits.append(RuleHit(rule, tenant, scope, entity, observed, metrics))
+    return hits

@@ -1,0 +1,117 @@
+"""rules.yaml models: what a rule may say, validated strictly (unknown keys are errors)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from detector.schemas import Action, Scope, Severity
+from detector.windows.buckets import WINDOWS, parse_duration_s
+
+BASE_METRICS = (
+    "cost_usd",
+    "input_cost_usd",
+    "output_cost_usd",
+    "input_tokens",
+    "output_tokens",
+    "cached_input_tokens",
+    "requests",
+    "errors",
+)
+DERIVED_METRICS = ("cost_per_request_usd", "output_input_ratio", "error_rate")
+RULE_METRICS = BASE_METRICS + DERIVED_METRICS
+RULE_ID_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
+
+
+class Comparison(StrEnum):
+    gt = ">"
+    ge = ">="
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ThresholdRule(_Strict):
+    """Fire when one window metric of an entity crosses a fixed threshold."""
+
+    id: str = Field(pattern=RULE_ID_PATTERN)
+    kind: Literal["threshold"] = "threshold"
+    description: str = ""
+    scope: Scope
+    metric: str
+    window: str
+    op: Comparison = Comparison.gt
+    threshold: float = Field(ge=0)
+    min_requests: int = Field(default=0, ge=0)
+    action: Action = Action.alert
+    for_s: int = Field(default=900, alias="for")
+    retry_after_s: int | None = Field(default=None, ge=1)
+    severity: Severity = Severity.warning
+    cooldown_s: int = Field(default=600, alias="cooldown")
+    shadow: bool = False
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, value: str) -> str:
+        if value not in RULE_METRICS:
+            raise ValueError(f"must be one of {', '.join(RULE_METRICS)}")
+        return value
+
+    @field_validator("window")
+    @classmethod
+    def _known_window(cls, value: str) -> str:
+        if value not in WINDOWS:
+            raise ValueError(f"must be one of {', '.join(WINDOWS)}")
+        return value
+
+    @field_validator("for_s", "cooldown_s", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> int:
+        if isinstance(value, bool):
+            raise ValueError("must be a duration such as 30s, 15m, 1h or 1d")
+        if isinstance(value, int):
+            seconds = value
+        elif isinstance(value, str):
+            seconds = parse_duration_s(value)
+        else:
+            raise ValueError("must be a duration such as 30s, 15m, 1h or 1d")
+        if seconds <= 0:
+            raise ValueError("must be > 0s")
+        return seconds
+
+    @field_validator("action")
+    @classmethod
+    def _rule_action(cls, value: Action) -> Action:
+        if value is Action.allow:
+            raise ValueError("must be alert, throttle or block (allow is for overrides)")
+        return value
+
+    @model_validator(mode="after")
+    def _scope_supported(self) -> ThresholdRule:
+        if self.scope is Scope.global_ and self.action is not Action.alert:
+            raise ValueError("a global rule can only alert: there is no entity to throttle")
+        return self
+
+
+class RuleSet(_Strict):
+    """The whole rules.yaml file."""
+
+    version: Literal[1] = 1
+    rules: list[ThresholdRule] = Field(default_factory=list)
+    allow_list: dict[Scope, list[str]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> RuleSet:
+        seen: set[str] = set()
+        for rule in self.rules:
+            if rule.id in seen:
+                raise ValueError(f"duplicate rule id {rule.id!r}")
+            seen.add(rule.id)
+        return self
+
+    def allowed(self, scope: Scope, entity: str) -> bool:
+        """True when the entity is on the allow-list and must never be throttled or blocked."""
+        return entity in self.allow_list.get(scope, ())

@@ -1,0 +1,139 @@
+"""Pure time maths for the spend windows: bucket sizes, retention, and which buckets a window sums.
+
+A sliding window of length W read at time `now` sums the buckets of size b that start in
+(now - W, now], so it covers between W - b and W of history: 1m and 5m windows sum minute
+buckets, 1h sums 5-minute buckets, 1d sums hour buckets, 7d and 30d sum day buckets. Calendar
+windows (today, week, month) sum day buckets from the start of the UTC day, ISO week or month.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+MINUTE_S = 60
+HOUR_S = 3600
+DAY_S = 86400
+
+
+@dataclass(frozen=True, slots=True)
+class BucketSize:
+    size_s: int
+    retention_s: int  # a bucket is kept (and still written by late events) this long after it ends
+
+
+# Retention covers the longest window read from each size, plus room for late events.
+BUCKET_SIZES: tuple[BucketSize, ...] = (
+    BucketSize(MINUTE_S, 2 * HOUR_S),
+    BucketSize(5 * MINUTE_S, 4 * HOUR_S),
+    BucketSize(HOUR_S, 3 * DAY_S),
+    BucketSize(DAY_S, 40 * DAY_S),
+)
+MAX_RETENTION_S = max(b.size_s + b.retention_s for b in BUCKET_SIZES)
+
+# Sliding windows: name -> (bucket size, number of buckets summed).
+SLIDING_WINDOWS: dict[str, tuple[int, int]] = {
+    "1m": (MINUTE_S, 1),
+    "5m": (MINUTE_S, 5),
+    "1h": (5 * MINUTE_S, 12),
+    "1d": (HOUR_S, 24),
+    "7d": (DAY_S, 7),
+    "30d": (DAY_S, 30),
+}
+CALENDAR_WINDOWS = ("today", "week", "month")
+WINDOWS: tuple[str, ...] = (*SLIDING_WINDOWS, *CALENDAR_WINDOWS)
+
+# Window lengths in seconds, for rules that compare a window with a duration.
+WINDOW_LENGTH_S: dict[str, int] = {name: size * n for name, (size, n) in SLIDING_WINDOWS.items()}
+
+
+def bucket_start_ms(ts_ms: int, size_s: int) -> int:
+    """Start of the bucket of `size_s` seconds that holds ts_ms.
+
+    >>> bucket_start_ms(61_500, 60)
+    60000
+    """
+    size_ms = size_s * 1000
+    return ts_ms - ts_ms % size_ms
+
+
+def bucket_expiry_ms(start_ms: int, size: BucketSize) -> int:
+    """Absolute expiry of a bucket: its end plus its retention.
+
+    >>> bucket_expiry_ms(0, BucketSize(60, 120))
+    180000
+    """
+    return start_ms + (size.size_s + size.retention_s) * 1000
+
+
+def writable_buckets(ts_ms: int, now_ms: int) -> list[tuple[int, int, int]]:
+    """(size_s, bucket start, expiry) of every bucket an event at ts_ms still updates.
+
+    Buckets already past their retention are skipped: the event is too late for them.
+
+    >>> [b[0] for b in writable_buckets(0, 3 * 3600 * 1000)]
+    [300, 3600, 86400]
+    """
+    out = []
+    for size in BUCKET_SIZES:
+        start = bucket_start_ms(ts_ms, size.size_s)
+        expiry = bucket_expiry_ms(start, size)
+        if expiry > now_ms:
+            out.append((size.size_s, start, expiry))
+    return out
+
+
+def window_buckets(window: str, now_ms: int) -> tuple[int, list[int]]:
+    """(bucket size, bucket starts) summed to read `window` at now_ms.
+
+    >>> window_buckets("5m", 600_000)
+    (60, [360000, 420000, 480000, 540000, 600000])
+    >>> window_buckets("today", 86_400_000 + 5)
+    (86400, [86400000])
+    """
+    if window in SLIDING_WINDOWS:
+        size_s, count = SLIDING_WINDOWS[window]
+        last = bucket_start_ms(now_ms, size_s)
+        return size_s, [last - i * size_s * 1000 for i in range(count - 1, -1, -1)]
+    if window in CALENDAR_WINDOWS:
+        first = calendar_start_ms(window, now_ms)
+        last = bucket_start_ms(now_ms, DAY_S)
+        return DAY_S, list(range(first, last + 1, DAY_S * 1000))
+    raise ValueError(f"unknown window {window!r}; expected one of {', '.join(WINDOWS)}")
+
+
+def calendar_start_ms(window: str, now_ms: int) -> int:
+    """Start (UTC midnight) of the calendar day, ISO week or month that holds now_ms.
+
+    >>> calendar_start_ms("week", 1_700_000_000_000)  # Tue 2023-11-14 -> Mon 2023-11-13
+    1699833600000
+    >>> calendar_start_ms("month", 1_700_000_000_000)
+    1698796800000
+    """
+    day = datetime.fromtimestamp(now_ms / 1000, tz=UTC).replace(
+        hour=0, minute=0, second=0, microsecond=0
+    )
+    if window == "week":
+        day -= timedelta(days=day.weekday())
+    elif window == "month":
+        day = day.replace(day=1)
+    elif window != "today":
+        raise ValueError(f"unknown calendar window {window!r}")
+    return int(day.timestamp() * 1000)
+
+
+def parse_duration_s(text: str) -> int:
+    """Seconds in a duration such as '90s', '15m', '1h', '7d' or a bare number of seconds.
+
+    >>> parse_duration_s("15m"), parse_duration_s("2h"), parse_duration_s("30")
+    (900, 7200, 30)
+    """
+    units = {"s": 1, "m": MINUTE_S, "h": HOUR_S, "d": DAY_S, "w": 7 * DAY_S}
+    value = text.strip()
+    if value[-1:] in units:
+        number, unit = value[:-1], units[value[-1]]
+    else:
+        number, unit = value, 1
+    if not number.isdigit():
+        raise ValueError(f"expected a duration like 30s, 15m, 1h or 7d, got {text!r}")
+    return int(number) * unit

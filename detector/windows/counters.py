@@ -1,0 +1,227 @@
+"""Redis sliding sums: apply a batch of priced events exactly once, read windows back.
+
+A batch is pre-aggregated in memory (one increment per key and field), then each tenant's part
+goes to Redis as one Lua call that first checks every event id against the dedup sets and
+applies nothing if any was seen before; the caller drops those and retries. So the dedup marks
+and the increments land together or not at all, and a worker killed between writing Redis and
+committing its Kafka offset re-reads the events, finds them seen, and counts nothing twice.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+from detector import keys
+from detector.pricing import Costs
+from detector.schemas import Scope, UsageEvent
+from detector.windows.buckets import HOUR_S, bucket_start_ms, window_buckets, writable_buckets
+
+# Metric name -> Redis hash field. Money is stored in integer micro-dollars.
+METRIC_FIELDS: dict[str, str] = {
+    "cost_usd": "c",
+    "input_cost_usd": "ci",
+    "output_cost_usd": "co",
+    "input_tokens": "ti",
+    "output_tokens": "to",
+    "cached_input_tokens": "tc",
+    "requests": "r",
+    "errors": "e",
+    "unpriced_requests": "u",
+}
+MONEY_METRICS = frozenset({"cost_usd", "input_cost_usd", "output_cost_usd"})
+WINDOW_SCOPES: tuple[Scope, ...] = tuple(Scope)
+
+_APPLY_LUA = """
+local n = tonumber(ARGV[1])
+local dups = {}
+for i = 1, n do
+  if redis.call('SISMEMBER', KEYS[i], ARGV[2 + i]) == 1 then dups[#dups + 1] = i end
+end
+if #dups > 0 then return dups end
+for i = 1, n do
+  redis.call('SADD', KEYS[i], ARGV[2 + i])
+  redis.call('PEXPIREAT', KEYS[i], ARGV[2])
+end
+local a = 3 + n
+for k = n + 1, #KEYS do
+  local expire_at = ARGV[a]
+  local nf = tonumber(ARGV[a + 1])
+  a = a + 2
+  for _ = 1, nf do
+    redis.call('HINCRBY', KEYS[k], ARGV[a], ARGV[a + 1])
+    a = a + 2
+  end
+  redis.call('PEXPIREAT', KEYS[k], expire_at)
+end
+return dups
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class PricedEvent:
+    event: UsageEvent
+    costs: Costs
+
+
+@dataclass(frozen=True, slots=True)
+class Touched:
+    """An entity whose windows changed in a batch."""
+
+    tenant_id: str
+    scope: Scope
+    entity_id: str
+
+
+@dataclass(slots=True)
+class ApplyResult:
+    applied: list[PricedEvent]
+    duplicates: list[PricedEvent]
+    touched: set[Touched]
+
+
+def event_metrics(item: PricedEvent) -> dict[str, int]:
+    """The field increments one event contributes to every bucket it lands in (zeros left out)."""
+    ev, costs = item.event, item.costs
+    values = {
+        "c": costs.total_usd_micros,
+        "ci": costs.input_usd_micros + costs.cached_read_usd_micros + costs.cache_creation_usd_micros,
+        "co": costs.output_usd_micros,
+        "ti": ev.input_tokens,
+        "to": ev.output_tokens + ev.reasoning_tokens,
+        "tc": ev.cached_input_tokens,
+        "r": 1,
+        "e": 1 if ev.status == "error" else 0,
+        "u": 0 if costs.priced else 1,
+    }
+    return {field: amount for field, amount in values.items() if amount}
+
+
+def dedup_set_key(tenant: str, ts_ms: int) -> str:
+    return keys.seen_key(tenant, str(bucket_start_ms(ts_ms, HOUR_S)))
+
+
+class WindowStore:
+    """Reads and writes the spend windows of every scope in Redis."""
+
+    def __init__(self, redis: Redis, dedup_horizon_s: int) -> None:
+        self._redis = redis
+        self._dedup_horizon_ms = dedup_horizon_s * 1000
+        self._apply = redis.register_script(_APPLY_LUA)
+
+    async def apply_batch(self, batch: Sequence[PricedEvent], now_ms: int) -> ApplyResult:
+        """Count every event of the batch that was not counted before, exactly once."""
+        by_tenant: dict[str, dict[str, PricedEvent]] = defaultdict(dict)
+        duplicates: list[PricedEvent] = []
+        for item in batch:
+            pending = by_tenant[item.event.tenant_id]
+            if item.event.event_id in pending:
+                duplicates.append(item)
+            else:
+                pending[item.event.event_id] = item
+        applied: list[PricedEvent] = []
+        todo = {tenant: list(items.values()) for tenant, items in by_tenant.items()}
+        while todo:
+            tenants = list(todo)
+            pipe = self._redis.pipeline(transaction=False)
+            for tenant in tenants:
+                script_keys, args = self._script_call(tenant, todo[tenant], now_ms)
+                await self._apply(keys=script_keys, args=args, client=pipe)
+            replies = await pipe.execute()
+            retry: dict[str, list[PricedEvent]] = {}
+            for tenant, reply in zip(tenants, replies, strict=True):
+                items = todo[tenant]
+                if not reply:
+                    applied.extend(items)
+                    continue
+                seen = {int(i) - 1 for i in reply}
+                duplicates.extend(items[i] for i in seen)
+                rest = [item for i, item in enumerate(items) if i not in seen]
+                if rest:
+                    retry[tenant] = rest
+            todo = retry
+        return ApplyResult(applied, duplicates, touched_entities(applied))
+
+    def _script_call(
+        self, tenant: str, items: Sequence[PricedEvent], now_ms: int
+    ) -> tuple[list[str], list[str | int]]:
+        seen_keys = [dedup_set_key(tenant, it.event.ts_ms) for it in items]
+        expire_at = now_ms + self._dedup_horizon_ms
+        args: list[str | int] = [len(items), expire_at, *(it.event.event_id for it in items)]
+        sums: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        expiries: dict[str, int] = {}
+        for it in items:
+            fields = event_metrics(it)
+            buckets = writable_buckets(it.event.ts_ms, now_ms)
+            for scope in WINDOW_SCOPES:
+                entity = it.event.entity(scope)
+                if entity is None:
+                    continue
+                owner = keys.GLOBAL_TENANT if scope is Scope.global_ else tenant
+                for size_s, start_ms, expiry_ms in buckets:
+                    key = keys.window_key(owner, scope, entity, size_s, start_ms)
+                    expiries[key] = expiry_ms
+                    target = sums[key]
+                    for field, amount in fields.items():
+                        target[field] += amount
+        window_keys = list(sums)
+        for key in window_keys:
+            fields = sums[key]
+            args.append(expiries[key])
+            args.append(len(fields))
+            for field, amount in fields.items():
+                args.append(field)
+                args.append(amount)
+        return seen_keys + window_keys, args
+
+    async def read_windows(
+        self, requests: Sequence[tuple[str, Scope, str, str]], now_ms: int
+    ) -> list[dict[str, float]]:
+        """Metrics of each (tenant, scope, entity, window), in one round trip."""
+        pipe = self._redis.pipeline(transaction=False)
+        spans: list[int] = []
+        for tenant, scope, entity, window in requests:
+            size_s, starts = window_buckets(window, now_ms)
+            owner = keys.GLOBAL_TENANT if scope is Scope.global_ else tenant
+            for start in starts:
+                pipe.hgetall(keys.window_key(owner, scope, entity, size_s, start))
+            spans.append(len(starts))
+        replies = await pipe.execute()
+        out = []
+        pos = 0
+        for span in spans:
+            out.append(sum_buckets(replies[pos : pos + span]))
+            pos += span
+        return out
+
+
+def sum_buckets(buckets: Iterable[dict[bytes, bytes]]) -> dict[str, float]:
+    """Sum bucket hashes into named metrics, money in USD.
+
+    >>> sum_buckets([{b"c": b"1500000", b"r": b"2"}, {b"c": b"250000", b"r": b"1"}])["cost_usd"]
+    1.75
+    """
+    totals = dict.fromkeys(METRIC_FIELDS.values(), 0)
+    for bucket in buckets:
+        for field, value in bucket.items():
+            name = field.decode()
+            if name in totals:
+                totals[name] += int(value)
+    out: dict[str, float] = {}
+    for metric, field in METRIC_FIELDS.items():
+        value = totals[field]
+        out[metric] = value / 1_000_000 if metric in MONEY_METRICS else value
+    return out
+
+
+def touched_entities(items: Iterable[PricedEvent]) -> set[Touched]:
+    out = set()
+    for it in items:
+        for scope in WINDOW_SCOPES:
+            entity = it.event.entity(scope)
+            if entity is not None:
+                out.add(Touched(it.event.tenant_id, scope, entity))
+    return out

@@ -1,0 +1,212 @@
+"""The worker process: a faust app that owns lifecycle, timers and the alert notifier agent,
+with the events topic consumed in batches by aiokafka inside it.
+
+Why both: faust's per-event stream machinery costs 100-180 us of CPU per event, which caps a
+worker at a few thousand events/s (see README, "Why the hot path bypasses faust streams").
+The events topic is therefore read with aiokafka's `getmany`, one batch per Redis round trip,
+and its offsets are committed only after the batch's effects are in Redis and Kafka. Faust runs
+everything else: start-up and shutdown, signal handling, the rules reload timer, and the agent
+that delivers alerts from the `llm.cost.alerts` outbox to Slack at its own pace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import faust
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.errors import KafkaError
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from detector import keys
+from detector.config import Settings
+from detector.decisions.store import DecisionStore
+from detector.errors import SinkError
+from detector.pipeline import Deps, handle_batch
+from detector.pricing import PriceTable
+from detector.rules.holder import RulesHolder
+from detector.schemas import Alert
+from detector.sinks.base import Sink
+from detector.sinks.kafka import KafkaSink
+from detector.sinks.slack import RetryableSinkError, make_sink
+from detector.windows.counters import WindowStore
+
+log = logging.getLogger("detector.worker")
+
+RETRY_MAX_S = 30.0
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def build_app(settings: Settings, rules: RulesHolder, prices: PriceTable) -> Any:
+    """The faust app with its tasks, agent and timers registered."""
+    app = faust.App(
+        settings.consumer_group,
+        broker=f"kafka://{settings.kafka_bootstrap}",
+        store="memory://",
+        web_enabled=False,
+        topic_partitions=settings.topic_partitions,
+        datadir=str(settings.data_dir / "faust"),
+        producer_acks=-1,
+    )
+    alerts_topic = app.topic(
+        settings.topic(keys.TOPIC_ALERTS), value_serializer="raw", key_serializer="raw"
+    )
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def consume_events() -> None:
+        await EventsConsumer(settings, rules, prices).run()
+
+    @app.agent(alerts_topic)  # type: ignore[untyped-decorator]
+    async def notify(stream: Any) -> None:
+        sink = make_sink(settings)
+        try:
+            async for raw in stream:
+                await deliver(sink, raw)
+        finally:
+            await sink.close()
+
+    @app.timer(interval=2.0)  # type: ignore[untyped-decorator]
+    async def reload_rules() -> None:
+        rules.reload_if_changed()
+
+    return app
+
+
+async def deliver(sink: Sink, raw: bytes) -> None:
+    """Deliver one alert from the outbox, retrying with backoff until Slack takes it."""
+    try:
+        alert = Alert.model_validate_json(raw)
+    except ValueError:
+        log.error("alerts topic holds a message that is not an alert; skipped: %r", raw[:200])
+        return
+    delay_s = 0.5
+    while True:
+        try:
+            await sink.send_alert(alert)
+            return
+        except RetryableSinkError as exc:
+            wait_s = exc.retry_after_s if exc.retry_after_s is not None else delay_s
+            log.warning("alert %s not delivered (%s); retrying in %.1fs", alert.alert_id, exc, wait_s)
+            await asyncio.sleep(wait_s)
+        except SinkError as exc:
+            # Slack refused the message itself (bad channel, bad token): retrying cannot help.
+            log.error("alert %s refused by the sink, kept on the alerts topic: %s", alert.alert_id, exc)
+            return
+        delay_s = min(delay_s * 2, RETRY_MAX_S)
+
+
+class EventsConsumer:
+    """Batched consumer of llm.cost.events: one pipeline call per batch, commit after effects."""
+
+    def __init__(self, settings: Settings, rules: RulesHolder, prices: PriceTable) -> None:
+        self.settings = settings
+        self.rules = rules
+        self.prices = prices
+
+    async def run(self) -> None:
+        settings = self.settings
+        redis = Redis.from_url(settings.redis_url)
+        kafka = KafkaSink(settings)
+        consumer = AIOKafkaConsumer(
+            settings.topic(keys.TOPIC_EVENTS),
+            bootstrap_servers=settings.kafka_bootstrap,
+            group_id=f"{settings.consumer_group}.events",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=settings.batch_max_events,
+            fetch_max_bytes=16 * 1024 * 1024,
+            client_id="detector-events",
+        )
+        deps = Deps(
+            settings=settings,
+            rules=self.rules,
+            prices=self.prices,
+            windows=WindowStore(redis, settings.dedup_horizon_s),
+            decisions=DecisionStore(redis),
+            kafka=kafka,
+        )
+        await kafka.start()
+        await consumer.start()
+        log.info("consuming %s", settings.topic(keys.TOPIC_EVENTS))
+        try:
+            while True:
+                polled = await consumer.getmany(
+                    timeout_ms=settings.batch_max_wait_ms, max_records=settings.batch_max_events
+                )
+                records = [r for batch in polled.values() for r in batch]
+                if not records:
+                    continue
+                await self._process(records, deps)
+                await _commit(consumer, polled)
+        finally:
+            await consumer.stop()
+            await kafka.close()
+            await redis.aclose()
+
+    async def _process(self, records: Sequence[ConsumerRecord[Any, Any]], deps: Deps) -> None:
+        delay_s = 0.2
+        while True:
+            try:
+                result = await handle_batch([(r.key, r.value) for r in records], deps, now_ms())
+            except (RedisError, KafkaError, OSError) as exc:
+                # The stores are unreachable: hold the batch and retry; nothing is committed,
+                # and the dedup marks make the retry safe.
+                log.warning("batch of %d held, retrying in %.1fs: %r", len(records), delay_s, exc)
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, RETRY_MAX_S)
+                continue
+            except Exception:  # a bug on some event: isolate it, so the rest still count
+                log.exception("batch of %d failed; retrying event by event", len(records))
+                await self._process_one_by_one(records, deps)
+                return
+            if result.dead_letters or result.alerts:
+                log.info(
+                    "batch: %d applied, %d duplicate, %d dead-lettered, %d alerts, %d decisions",
+                    result.applied,
+                    result.duplicates,
+                    len(result.dead_letters),
+                    len(result.alerts),
+                    len(result.decisions),
+                )
+            return
+
+    async def _process_one_by_one(
+        self, records: Sequence[ConsumerRecord[Any, Any]], deps: Deps
+    ) -> None:
+        for r in records:
+            try:
+                await handle_batch([(r.key, r.value)], deps, now_ms())
+            except Exception:
+                log.exception("event failed at %s[%s]@%s; skipped", r.topic, r.partition, r.offset)
+
+
+async def _commit(
+    consumer: AIOKafkaConsumer, polled: dict[TopicPartition, list[ConsumerRecord[Any, Any]]]
+) -> None:
+    offsets = {tp: batch[-1].offset + 1 for tp, batch in polled.items() if batch}
+    try:
+        await consumer.commit(offsets)
+    except KafkaError as exc:
+        # Typically a rebalance: the partition moved and its new owner re-reads these events;
+        # they are already marked as applied, so nothing is counted twice.
+        log.warning("offset commit failed (%r); the events will be re-read and deduplicated", exc)
+
+
+def run_worker(settings: Settings, rules: RulesHolder, prices: PriceTable) -> None:
+    """Run until SIGINT/SIGTERM."""
+    (settings.data_dir / "faust").mkdir(parents=True, exist_ok=True)
+    app = build_app(settings, rules, prices)
+    # faust narrates every service start and stop at INFO; our own loggers keep their level.
+    loglevel = "DEBUG" if settings.log_level == "DEBUG" else "WARNING"
+    worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    logging.getLogger("detector").setLevel(settings.log_level)
+    worker.execute_from_commandline()
+
