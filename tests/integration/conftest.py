@@ -1,0 +1,160 @@
+"""Fixtures over the real services started by `scripts/services up`: Kafka and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import sys
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from detector import keys
+from detector.config import Settings
+from detector.slack_stub import SlackStub
+from detector.startup import ensure_topics
+
+# Tests use their own Redis database (flushed per test) so they never touch the demo's or a
+# developer's data in db 0.
+TEST_REDIS_URL = os.environ.get("DETECTOR_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
+TEST_KAFKA = os.environ.get("DETECTOR_TEST_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
+FIX = "run scripts/services up (or set DETECTOR_TEST_KAFKA_BOOTSTRAP / DETECTOR_TEST_REDIS_URL)"
+
+
+@pytest.fixture
+async def redis() -> AsyncIterator[Redis]:
+    client = Redis.from_url(TEST_REDIS_URL)
+    try:
+        await client.ping()
+    except (RedisError, OSError):
+        pytest.fail(f"Redis not reachable at {TEST_REDIS_URL}; {FIX}")
+    await client.flushdb()
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def run_id() -> str:
+    return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def settings_factory(
+    run_id: str, tmp_path: Path, redis: Redis
+) -> Callable[..., Settings]:
+    """Settings isolated per test: uuid topic prefix and consumer group, the flushed test DB."""
+
+    def build(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "kafka_bootstrap": TEST_KAFKA,
+            "redis_url": TEST_REDIS_URL,
+            "topic_prefix": f"test-{run_id}.",
+            "consumer_group": f"test-{run_id}",
+            "topic_partitions": 2,
+            "data_dir": tmp_path / "data",
+            "batch_max_wait_ms": 50,
+            "rules": tmp_path / "rules.yaml",
+        }
+        values.update(overrides)
+        return Settings(**values)
+
+    return build
+
+
+@pytest.fixture
+async def kafka_topics(settings_factory: Callable[..., Settings]) -> Settings:
+    settings = settings_factory()
+    try:
+        await asyncio.wait_for(ensure_topics(settings), timeout=20)
+    except (KafkaError, OSError, TimeoutError) as exc:
+        pytest.fail(f"Kafka not reachable at {TEST_KAFKA} ({exc!r}); {FIX}")
+    return settings
+
+
+@pytest.fixture
+async def slack_stub() -> AsyncIterator[SlackStub]:
+    stub = SlackStub()
+    await stub.start()
+    yield stub
+    await stub.stop()
+
+
+async def produce(settings: Settings, values: list[bytes], keys_: list[bytes | None]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        topic = settings.topic(keys.TOPIC_EVENTS)
+        for value, key in zip(values, keys_, strict=True):
+            await producer.send_and_wait(topic, value=value, key=key)
+    finally:
+        await producer.stop()
+
+
+def event_bytes(**fields: Any) -> bytes:
+    return orjson.dumps(fields)
+
+
+async def read_topic(settings: Settings, name: str, count: int, timeout_s: float = 30.0) -> list[Any]:
+    """Read `count` messages from the start of a topic, or fail after timeout_s."""
+    consumer = AIOKafkaConsumer(
+        settings.topic(name),
+        bootstrap_servers=settings.kafka_bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+    )
+    await consumer.start()
+    got: list[Any] = []
+    try:
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while len(got) < count and asyncio.get_running_loop().time() < deadline:
+            polled = await consumer.getmany(timeout_ms=500)
+            for batch in polled.values():
+                got.extend(batch)
+    finally:
+        await consumer.stop()
+    return got
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """Environment that makes a `detector` subprocess use exactly these settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DETECTOR_")}
+    for name, value in settings.model_dump().items():
+        if value is None:
+            continue
+        if hasattr(value, "get_secret_value"):
+            value = value.get_secret_value()
+        env[f"DETECTOR_{name.upper()}"] = str(value)
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+def python() -> str:
+    return sys.executable
+
+
+@pytest.fixture
+async def subprocesses() -> AsyncIterator[list[asyncio.subprocess.Process]]:
+    """Processes a test starts; whatever is still running at the end is killed and reaped."""
+    procs: list[asyncio.subprocess.Process] = []
+    yield procs
+    for proc in procs:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
