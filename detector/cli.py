@@ -123,7 +123,9 @@ def rules_validate(
 @app.command()
 def spend(
     tenant: Annotated[str, typer.Option(help="Tenant id.")] = "",
-    scope: Annotated[str, typer.Option(help="global, tenant, user, feature, model, ...")] = "tenant",
+    scope: Annotated[
+        str, typer.Option(help="global, tenant, user, feature, model, ...")
+    ] = "tenant",
     entity: Annotated[str, typer.Option("--id", help="Entity id within the tenant.")] = "",
     window: Annotated[str, typer.Option(help="1m, 5m, 1h, 1d, 7d, 30d, today, week, month")] = "1h",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
@@ -138,7 +140,7 @@ def spend(
         return
     typer.echo(f"{body['scope']} {body['id']} ({body['tenant_id']}), window {body['window']}:")
     metrics = body["metrics"]
-    assert isinstance(metrics, dict)  # noqa: S101
+    assert isinstance(metrics, dict)
     for name, value in metrics.items():
         typer.echo(f"  {name:<22} {value}")
 

@@ -25,8 +25,8 @@ from redis.asyncio import Redis
 from detector import keys
 from detector.config import Settings
 from detector.simulate import Scenario, generate
-from detector.startup import ensure_topics
 from detector.slack_stub import SlackStub
+from detector.startup import ensure_topics
 
 DEMO_REDIS_DB = 15
 
@@ -126,7 +126,7 @@ async def _play(settings: Settings, prefix: str, api: str, seconds: float) -> fl
     scenario = Scenario(duration_s=seconds, abuse_at_s=abuse_at)
     say(
         f"playing {seconds:.0f}s of traffic: {scenario.tenants} tenants, "
-        f"{scenario.rate_per_s:.0f} events/s; tenant-0 turns into a runaway agent at {abuse_at:.0f}s"
+        f"{scenario.rate_per_s:.0f} events/s; tenant-0 becomes a runaway agent at {abuse_at:.0f}s"
     )
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=5)
     await producer.start()
@@ -170,7 +170,9 @@ async def _report(api: str, stub: SlackStub | None, blocked_at: float | None) ->
     async with aiohttp.ClientSession() as session:
         bad = await _lookup(session, api, "tenant-0")
         good = await _lookup(session, api, "tenant-1")
-        async with session.get(f"{api}/v1/spend", params={"tenant_id": "tenant-0", "window": "5m"}) as r:
+        async with session.get(
+            f"{api}/v1/spend", params={"tenant_id": "tenant-0", "window": "5m"}
+        ) as r:
             spend = await r.json()
     say("GET /v1/decision?tenant_id=tenant-0 ->")
     print(orjson.dumps(bad, option=orjson.OPT_INDENT_2).decode(), flush=True)

@@ -15,7 +15,7 @@ class RulesError(DetectorError):
     """rules.yaml is invalid; the message names the file, the rule, the field and the value."""
 
 
-class BadEvent(DetectorError):  # noqa: N818  (the name reads as what it is: a rejected event)
+class BadEvent(DetectorError):
     """An event failed validation; `reason` is a stable machine-readable code."""
 
     def __init__(self, reason: str, detail: str) -> None:

@@ -47,7 +47,7 @@ class BatchResult:
 
 
 async def handle_batch(messages: Sequence[RawMessage], deps: Deps, now_ms: int) -> BatchResult:
-    """Count a batch exactly once, evaluate the rules on what it touched, and publish the outcome."""
+    """Count a batch exactly once, run the rules on what it touched, publish the outcome."""
     settings, result = deps.settings, BatchResult()
     priced: list[PricedEvent] = []
     for key, raw in messages:

@@ -29,7 +29,10 @@ def tenant_key(line: bytes) -> bytes | None:
 async def produce_lines(settings: Settings, lines: Sequence[bytes]) -> int:
     """Send every line as one message and wait until Kafka acknowledged all of them."""
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=10, enable_idempotence=True
+        bootstrap_servers=settings.kafka_bootstrap,
+        acks="all",
+        linger_ms=10,
+        enable_idempotence=True,
     )
     await producer.start()
     try:

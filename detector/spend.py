@@ -40,4 +40,10 @@ async def read_spend(
         )
     finally:
         await redis.aclose()
-    return {"scope": scope.value, "tenant_id": tenant, "id": entity, "window": window, "metrics": metrics}
+    return {
+        "scope": scope.value,
+        "tenant_id": tenant,
+        "id": entity,
+        "window": window,
+        "metrics": metrics,
+    }

@@ -27,9 +27,7 @@ async def check_redis(settings: Settings) -> None:
 
 
 async def check_kafka(settings: Settings) -> None:
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=5000
-    )
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=5000)
     try:
         await producer.start()
     except (KafkaError, OSError) as exc:

@@ -64,7 +64,7 @@ def build_app(settings: Settings, rules: RulesHolder, prices: PriceTable) -> Any
     async def consume_events() -> None:
         await EventsConsumer(settings, rules, prices).run()
 
-    @app.agent(alerts_topic)  # type: ignore[untyped-decorator]
+    @app.agent(alerts_topic)
     async def notify(stream: Any) -> None:
         sink = make_sink(settings)
         try:
@@ -94,11 +94,15 @@ async def deliver(sink: Sink, raw: bytes) -> None:
             return
         except RetryableSinkError as exc:
             wait_s = exc.retry_after_s if exc.retry_after_s is not None else delay_s
-            log.warning("alert %s not delivered (%s); retrying in %.1fs", alert.alert_id, exc, wait_s)
+            log.warning(
+                "alert %s not delivered (%s); retrying in %.1fs", alert.alert_id, exc, wait_s
+            )
             await asyncio.sleep(wait_s)
         except SinkError as exc:
             # Slack refused the message itself (bad channel, bad token): retrying cannot help.
-            log.error("alert %s refused by the sink, kept on the alerts topic: %s", alert.alert_id, exc)
+            log.error(
+                "alert %s refused by the sink, kept on the alerts topic: %s", alert.alert_id, exc
+            )
             return
         delay_s = min(delay_s * 2, RETRY_MAX_S)
 
@@ -209,4 +213,3 @@ def run_worker(settings: Settings, rules: RulesHolder, prices: PriceTable) -> No
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
     logging.getLogger("detector").setLevel(settings.log_level)
     worker.execute_from_commandline()
-

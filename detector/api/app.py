@@ -33,7 +33,10 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     except routes.BadRequest as exc:
         response, outcome = web.json_response({"error": str(exc)}, status=422), "422"
     except Forbidden as exc:
-        response, outcome = web.json_response({"error": str(exc)}, status=exc.status), str(exc.status)
+        response, outcome = (
+            web.json_response({"error": str(exc)}, status=exc.status),
+            str(exc.status),
+        )
     except web.HTTPException as exc:
         response = web.json_response({"error": exc.reason}, status=exc.status)
         outcome = str(exc.status)
@@ -77,6 +80,4 @@ def run_api(settings: Settings) -> None:
     """Serve until interrupted."""
     app = create_app(settings)
     log.info("lookup API on http://%s:%d", settings.api_host, settings.api_port)
-    web.run_app(
-        app, host=settings.api_host, port=settings.api_port, access_log=None, print=None
-    )
+    web.run_app(app, host=settings.api_host, port=settings.api_port, access_log=None, print=None)

@@ -36,7 +36,9 @@ def parse_tokens(text: str) -> list[tuple[bytes, Grant]]:
     for number, entry in enumerate(filter(None, (e.strip() for e in text.split(";"))), start=1):
         token, sep, grant = entry.partition("=")
         if not sep or len(token) < 3:
-            raise ConfigError(f"DETECTOR_API_TOKENS: entry {number}: expected TOKEN=SCOPES[@TENANT]")
+            raise ConfigError(
+                f"DETECTOR_API_TOKENS: entry {number}: expected TOKEN=SCOPES[@TENANT]"
+            )
         scopes_text, _, tenant = grant.partition("@")
         scopes = frozenset(s.strip() for s in scopes_text.split(",") if s.strip())
         unknown = scopes - SCOPES

@@ -79,7 +79,9 @@ OPENAPI: dict[str, Any] = {
                 "responses": {"200": {"description": "window metrics"}, "422": _ERROR},
             }
         },
-        "/healthz": {"get": {"summary": "Process is up", "responses": {"200": {"description": "ok"}}}},
+        "/healthz": {
+            "get": {"summary": "Process is up", "responses": {"200": {"description": "ok"}}}
+        },
         "/readyz": {
             "get": {
                 "summary": "Redis reachable",

@@ -1,4 +1,4 @@
-"""Decisions in Redis: write with extend-not-duplicate semantics, read the strictest that applies."""
+"""Decisions in Redis: write them (extend, never duplicate), read the strictest that applies."""
 
 from __future__ import annotations
 

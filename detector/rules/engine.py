@@ -69,7 +69,9 @@ def crosses(rule: ThresholdRule, observed: float) -> bool:
     return observed > rule.threshold
 
 
-def evaluate_rules(rules: RuleSet, windows: Mapping[WindowRead, Mapping[str, float]]) -> list[RuleHit]:
+def evaluate_rules(
+    rules: RuleSet, windows: Mapping[WindowRead, Mapping[str, float]]
+) -> list[RuleHit]:
     """Hits of every rule on the entities whose windows were read."""
     hits: list[RuleHit] = []
     for (tenant, scope, entity, window), metrics in windows.items():

@@ -46,7 +46,9 @@ class KafkaSink:
     async def close(self) -> None:
         await self._producer.stop()
 
-    async def send_dead_letters(self, items: Sequence[tuple[bytes | None, bytes, BadEvent]]) -> None:
+    async def send_dead_letters(
+        self, items: Sequence[tuple[bytes | None, bytes, BadEvent]]
+    ) -> None:
         """Publish rejected events (key, original bytes, reason) and wait until Kafka has them."""
         topic = self._settings.topic(keys.TOPIC_DEADLETTER)
         futures = []
@@ -66,7 +68,9 @@ class KafkaSink:
         topic = self._settings.topic(keys.TOPIC_DECISIONS)
         futures = [
             await self._producer.send(
-                topic, value=d.model_dump_json(exclude={"until_ms"}).encode(), key=d.tenant_id.encode()
+                topic,
+                value=d.model_dump_json(exclude={"until_ms"}).encode(),
+                key=d.tenant_id.encode(),
             )
             for d in decisions
         ]
@@ -77,7 +81,9 @@ class KafkaSink:
         """Put alerts in the outbox topic that the notifier delivers from."""
         topic = self._settings.topic(keys.TOPIC_ALERTS)
         futures = [
-            await self._producer.send(topic, value=a.model_dump_json().encode(), key=a.tenant_id.encode())
+            await self._producer.send(
+                topic, value=a.model_dump_json().encode(), key=a.tenant_id.encode()
+            )
             for a in alerts
         ]
         for future in futures:

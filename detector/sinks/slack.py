@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
@@ -16,7 +15,11 @@ from detector.schemas import Alert
 
 log = logging.getLogger(__name__)
 
-SEVERITY_ICON = {"info": ":information_source:", "warning": ":warning:", "critical": ":rotating_light:"}
+SEVERITY_ICON = {
+    "info": ":information_source:",
+    "warning": ":warning:",
+    "critical": ":rotating_light:",
+}
 
 
 def escape(text: str) -> str:
@@ -102,17 +105,17 @@ class SlackSink:
         if self._webhook is not None:
             try:
                 resp = await self._webhook.send(text=text, blocks=blocks)
-            except (OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, OSError) as exc:
                 raise SinkError(f"slack webhook unreachable: {exc}") from exc
             if resp.status_code != 200:
                 raise _sink_error(resp.status_code, resp.headers, resp.body)
             return
-        assert self._web is not None  # noqa: S101  (the constructor set one client)
+        assert self._web is not None
         try:
             await self._web.chat_postMessage(channel=self._channel or "", text=text, blocks=blocks)
         except SlackApiError as exc:
             raise _sink_error(exc.response.status_code, exc.response.headers, str(exc)) from exc
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError) as exc:
             raise SinkError(f"slack API unreachable: {exc}") from exc
 
     async def close(self) -> None:

@@ -88,7 +88,9 @@ def event_metrics(item: PricedEvent) -> dict[str, int]:
     ev, costs = item.event, item.costs
     values = {
         "c": costs.total_usd_micros,
-        "ci": costs.input_usd_micros + costs.cached_read_usd_micros + costs.cache_creation_usd_micros,
+        "ci": costs.input_usd_micros
+        + costs.cached_read_usd_micros
+        + costs.cache_creation_usd_micros,
         "co": costs.output_usd_micros,
         "ti": ev.input_tokens,
         "to": ev.output_tokens + ev.reasoning_tokens,
@@ -206,14 +208,14 @@ def sum_buckets(buckets: Iterable[dict[bytes, bytes]]) -> dict[str, float]:
     """
     totals = dict.fromkeys(METRIC_FIELDS.values(), 0)
     for bucket in buckets:
-        for field, value in bucket.items():
-            name = field.decode()
+        for raw_field, raw_value in bucket.items():
+            name = raw_field.decode()
             if name in totals:
-                totals[name] += int(value)
+                totals[name] += int(raw_value)
     out: dict[str, float] = {}
     for metric, field in METRIC_FIELDS.items():
-        value = totals[field]
-        out[metric] = value / 1_000_000 if metric in MONEY_METRICS else value
+        total = totals[field]
+        out[metric] = total / 1_000_000 if metric in MONEY_METRICS else total
     return out
 
 

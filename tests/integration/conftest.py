@@ -48,9 +48,7 @@ def run_id() -> str:
 
 
 @pytest.fixture
-def settings_factory(
-    run_id: str, tmp_path: Path, redis: Redis
-) -> Callable[..., Settings]:
+def settings_factory(run_id: str, tmp_path: Path, redis: Redis) -> Callable[..., Settings]:
     """Settings isolated per test: uuid topic prefix and consumer group, the flushed test DB."""
 
     def build(**overrides: Any) -> Settings:
@@ -103,7 +101,9 @@ def event_bytes(**fields: Any) -> bytes:
     return orjson.dumps(fields)
 
 
-async def read_topic(settings: Settings, name: str, count: int, timeout_s: float = 30.0) -> list[Any]:
+async def read_topic(
+    settings: Settings, name: str, count: int, timeout_s: float = 30.0
+) -> list[Any]:
     """Read `count` messages from the start of a topic, or fail after timeout_s."""
     consumer = AIOKafkaConsumer(
         settings.topic(name),

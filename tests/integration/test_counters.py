@@ -23,10 +23,29 @@ async def test_batch_counts_every_scope_once(redis: Redis) -> None:
     store = WindowStore(redis, dedup_horizon_s=3600)
     now_ms = time.time_ns() // 1_000_000
     events = [
-        priced(table, event_id="a", ts_ms=now_ms, user_id="u1", feature="chat", cost_usd=0.5,
-               input_tokens=10, output_tokens=5, api_key_id="k1", session_id="s1"),
-        priced(table, event_id="b", ts_ms=now_ms, user_id="u2", feature="chat", cost_usd=0.25,
-               input_tokens=20, output_tokens=1, status="error"),
+        priced(
+            table,
+            event_id="a",
+            ts_ms=now_ms,
+            user_id="u1",
+            feature="chat",
+            cost_usd=0.5,
+            input_tokens=10,
+            output_tokens=5,
+            api_key_id="k1",
+            session_id="s1",
+        ),
+        priced(
+            table,
+            event_id="b",
+            ts_ms=now_ms,
+            user_id="u2",
+            feature="chat",
+            cost_usd=0.25,
+            input_tokens=20,
+            output_tokens=1,
+            status="error",
+        ),
         priced(table, event_id="a", ts_ms=now_ms, user_id="u1", cost_usd=0.5),  # repeat in batch
     ]
     result = await store.apply_batch(events, now_ms)
@@ -63,7 +82,9 @@ async def test_partly_duplicate_batch_applies_only_new_events(redis: Redis) -> N
     now_ms = time.time_ns() // 1_000_000
     first = [priced(table, event_id=f"e{i}", ts_ms=now_ms, cost_usd=1.0) for i in range(3)]
     await store.apply_batch(first, now_ms)
-    mixed = first[1:] + [priced(table, event_id=f"e{i}", ts_ms=now_ms, cost_usd=1.0) for i in (3, 4)]
+    mixed = first[1:] + [
+        priced(table, event_id=f"e{i}", ts_ms=now_ms, cost_usd=1.0) for i in (3, 4)
+    ]
     result = await store.apply_batch(mixed, now_ms)
     assert sorted(p.event.event_id for p in result.applied) == ["e3", "e4"]
     assert sorted(p.event.event_id for p in result.duplicates) == ["e1", "e2"]

@@ -89,7 +89,9 @@ async def test_event_to_block_to_slack_to_lookup(
         bad = [
             b"{not json",
             event_bytes(event_id="m1", ts=now_ms, tenant_id="acme", input_tokens=1),  # no model
-            event_bytes(event_id="n1", ts=now_ms, tenant_id="acme", model="gpt-4o", input_tokens=-5),
+            event_bytes(
+                event_id="n1", ts=now_ms, tenant_id="acme", model="gpt-4o", input_tokens=-5
+            ),
         ]
         # Bad events first: the worker must go on to count the good ones after them.
         await produce(settings, bad + good, [b"acme"] * 6)
@@ -119,7 +121,12 @@ async def test_event_to_block_to_slack_to_lookup(
             assert (await decision())["action"] == "allow"
 
             crossing = event_bytes(
-                event_id="ok-3", ts=now_ms, tenant_id="acme", user_id="u2", model="gpt-4o", cost_usd=0.25
+                event_id="ok-3",
+                ts=now_ms,
+                tenant_id="acme",
+                user_id="u2",
+                model="gpt-4o",
+                cost_usd=0.25,
             )
             await produce(settings, [crossing], [b"acme"])
             await wait_for(
@@ -127,7 +134,9 @@ async def test_event_to_block_to_slack_to_lookup(
             )
             answer = await decision()
             assert answer["action"] == "block"
-            assert isinstance(answer["retry_after_s"], int) and 590 <= answer["retry_after_s"] <= 600
+            assert (
+                isinstance(answer["retry_after_s"], int) and 590 <= answer["retry_after_s"] <= 600
+            )
             reasons = answer["reasons"]
             assert isinstance(reasons, list) and reasons[0]["rule_id"] == "tenant-hourly-burn"
             assert await spend_is(1.15)
