@@ -31,11 +31,12 @@ from pathlib import Path
 from typing import Any
 
 import faust
+import orjson
+import workloads
+from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError
 from redis.asyncio import Redis
 
-import workloads
 from detector import keys
 from detector.config import Settings
 from detector.decisions.store import DecisionStore
@@ -87,20 +88,24 @@ def fmt_case(name: str, n: int, base: Run, cand: Run, **extra: str) -> str:
 
 async def counted_events(windows: WindowStore) -> int:
     """Events counted so far, as the global scope's 1d window sees them."""
-    [sums] = await windows.read_windows([(keys.GLOBAL_TENANT, Scope.global_, "all", "1d")], now_ms())
+    [sums] = await windows.read_windows(
+        [(keys.GLOBAL_TENANT, Scope.global_, "all", "1d")], now_ms()
+    )
     return int(sums["requests"])
 
 
 async def timed_consume(
-    start: Callable[[], Awaitable[None]], windows: WindowStore, n: int, timeout_s: float
+    start: Callable[[], Awaitable[None]],
+    counted_so_far: Callable[[], Awaitable[int]],
+    n: int,
+    timeout_s: float,
 ) -> Run:
-    """Call start(), then poll Redis until n events are counted or timeout_s has passed."""
+    """Call start(), then poll until n events are counted or timeout_s has passed."""
     t0 = time.perf_counter()
     await start()
     first_s: float | None = None
-    counted = 0
     while True:
-        counted = await counted_events(windows)
+        counted = await counted_so_far()
         elapsed_s = time.perf_counter() - t0
         if counted and first_s is None:
             first_s = elapsed_s
@@ -112,8 +117,8 @@ async def timed_consume(
     return Run(elapsed_s, first_s if first_s is not None else elapsed_s, counted)
 
 
-def build_faust_app(settings: Settings, deps: Deps, app_id: str, datadir: str) -> Any:
-    """The baseline: one faust agent that hands batches from stream.take() to handle_batch."""
+def faust_app(settings: Settings, app_id: str, datadir: str) -> tuple[Any, Any]:
+    """A bare faust app as the baseline uses it, and its events topic (raw bytes)."""
     app = faust.App(
         app_id,
         broker=f"kafka://{settings.kafka_bootstrap}",
@@ -126,8 +131,21 @@ def build_faust_app(settings: Settings, deps: Deps, app_id: str, datadir: str) -
     topic = app.topic(
         settings.topic(keys.TOPIC_EVENTS), value_serializer="raw", key_serializer="raw"
     )
+    return app, topic
 
-    @app.agent(topic)
+
+async def stop_faust(app: Any) -> None:
+    try:
+        await asyncio.wait_for(app.stop(), timeout=30)
+    except TimeoutError:
+        log.warning("faust app %s did not stop within 30s", app.conf.id)
+
+
+def build_faust_app(settings: Settings, deps: Deps, app_id: str, datadir: str) -> Any:
+    """The baseline: one faust agent that hands batches from stream.take() to handle_batch."""
+    app, topic = faust_app(settings, app_id, datadir)
+
+    @app.agent(topic)  # type: ignore[untyped-decorator]
     async def ingest(stream: Any) -> None:
         async for values in stream.take(TAKE_MAX, within=TAKE_WITHIN_S):
             try:
@@ -150,12 +168,9 @@ async def run_faust(
     with tempfile.TemporaryDirectory(prefix="bench-faust-") as datadir:
         app = build_faust_app(settings, deps, f"{settings.consumer_group}-faust", datadir)
         try:
-            return await timed_consume(app.start, windows, n, timeout_s)
+            return await timed_consume(app.start, lambda: counted_events(windows), n, timeout_s)
         finally:
-            try:
-                await asyncio.wait_for(app.stop(), timeout=30)
-            except TimeoutError:
-                log.warning("faust app did not stop within 30s")
+            await stop_faust(app)
             await kafka.close()
             await redis.aclose()
 
@@ -173,13 +188,17 @@ async def run_batched(
         task = asyncio.create_task(consumer.run())
 
     try:
-        return await timed_consume(start, windows, n, timeout_s)
+        return await timed_consume(start, lambda: counted_events(windows), n, timeout_s)
     finally:
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel(task)
         await redis.aclose()
+
+
+async def cancel(task: asyncio.Task[None] | None) -> None:
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def case_ingest(
@@ -200,7 +219,9 @@ async def case_ingest(
     return fmt_case("ingest_faust_vs_batched", n, base, cand, **extra)
 
 
-def priced(settings: Settings, messages: Sequence[workloads.Message], at_ms: int) -> list[Any]:
+def priced(
+    settings: Settings, messages: Sequence[workloads.Message], at_ms: int
+) -> list[PricedEvent]:
     prices = PriceTable.load()
     out = []
     for _key, raw in messages:
@@ -219,7 +240,9 @@ async def timed_apply(windows: WindowStore, items: Sequence[PricedEvent], batch:
     return Run(time.perf_counter() - t0, 0.0, counted)
 
 
-async def case_redis(settings: Settings, redis: Redis, messages: Sequence[workloads.Message]) -> str:
+async def case_redis(
+    settings: Settings, redis: Redis, messages: Sequence[workloads.Message]
+) -> str:
     items = priced(settings, messages, now_ms())
     windows = WindowStore(redis, settings.dedup_horizon_s)
     await redis.flushdb()
@@ -234,17 +257,95 @@ async def case_redis(settings: Settings, redis: Redis, messages: Sequence[worklo
     )
 
 
+async def consume_faust_bare(settings: Settings, n: int, timeout_s: float) -> Run:
+    """faust stream.take() with orjson decode and nothing else: the framework's own ceiling."""
+    seen = 0
+
+    async def counted() -> int:
+        return seen
+
+    with tempfile.TemporaryDirectory(prefix="bench-faust-") as datadir:
+        app, topic = faust_app(settings, f"{settings.consumer_group}-faust-bare", datadir)
+
+        @app.agent(topic)  # type: ignore[untyped-decorator]
+        async def count(stream: Any) -> None:
+            nonlocal seen
+            async for values in stream.take(TAKE_MAX, within=TAKE_WITHIN_S):
+                for value in values:
+                    orjson.loads(value)
+                seen += len(values)
+
+        try:
+            return await timed_consume(app.start, counted, n, timeout_s)
+        finally:
+            await stop_faust(app)
+
+
+async def consume_aiokafka_bare(settings: Settings, n: int, timeout_s: float) -> Run:
+    """aiokafka getmany + orjson decode + commit, as EventsConsumer polls, and nothing else."""
+    seen = 0
+    consumer = AIOKafkaConsumer(
+        settings.topic(keys.TOPIC_EVENTS),
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=f"{settings.consumer_group}.bare",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=settings.batch_max_events,
+        fetch_max_bytes=16 * 1024 * 1024,
+    )
+
+    async def loop() -> None:
+        nonlocal seen
+        while True:
+            polled = await consumer.getmany(
+                timeout_ms=settings.batch_max_wait_ms, max_records=settings.batch_max_events
+            )
+            for batch in polled.values():
+                for record in batch:
+                    orjson.loads(record.value)
+                seen += len(batch)
+            if polled:
+                await consumer.commit({tp: b[-1].offset + 1 for tp, b in polled.items() if b})
+
+    task: asyncio.Task[None] | None = None
+
+    async def start() -> None:
+        nonlocal task
+        await consumer.start()
+        task = asyncio.create_task(loop())
+
+    async def counted() -> int:
+        return seen
+
+    try:
+        return await timed_consume(start, counted, n, timeout_s)
+    finally:
+        await cancel(task)
+        await consumer.stop()
+
+
+async def case_consume(settings: Settings, n: int, timeout_s: float) -> str:
+    base = await consume_faust_bare(settings, n, timeout_s)
+    cand = await consume_aiokafka_bare(settings, n, timeout_s)
+    return fmt_case(
+        "consume_only_faust_vs_aiokafka",
+        n,
+        base,
+        cand,
+        base_first_s=f"{base.first_s:.3f}",
+        cand_first_s=f"{cand.first_s:.3f}",
+    )
+
+
 async def delete_run_topics(settings: Settings, prefix: str) -> None:
-    """Remove what this run left on the broker: its topics and its consumer groups."""
+    """Delete this run's topics (aiokafka's admin cannot delete consumer groups; their offsets
+    expire with the broker's offsets.retention)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     await admin.start()
     try:
         topics = [t for t in await admin.list_topics() if t.startswith(prefix)]
         if topics:
             await admin.delete_topics(topics)
-        groups = [f"{settings.consumer_group}-faust", f"{settings.consumer_group}.events"]
-        with contextlib.suppress(KafkaError):
-            await admin.delete_consumer_groups(groups)
     finally:
         await admin.close()
 
@@ -281,6 +382,7 @@ async def main(args: argparse.Namespace) -> int:
             print(await case_ingest(settings, redis, args.events, args.timeout_s, rules))
             subset = messages[: args.redis_events]
             print(await case_redis(settings, redis, subset))
+            print(await case_consume(settings, args.events, args.timeout_s))
         finally:
             await redis.flushdb()
             await redis.aclose()

@@ -52,14 +52,14 @@ class Settings(BaseSettings):
         for part in value.split(","):
             host, sep, port = part.strip().rpartition(":")
             if not sep or not host or not port.isdigit():
-                raise ValueError(f"expected host:port[,host:port...], got {value!r}")
+                raise ValueError("expected host:port[,host:port...]")
         return value
 
     @field_validator("redis_url")
     @classmethod
     def _check_redis_url(cls, value: str) -> str:
         if not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"expected redis://host:port/db, got {value!r}")
+            raise ValueError("expected redis://host:port/db")
         return value
 
     @field_validator("log_level")
@@ -67,7 +67,7 @@ class Settings(BaseSettings):
     def _check_log_level(cls, value: str) -> str:
         level = value.upper()
         if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
-            raise ValueError(f"expected DEBUG, INFO, WARNING or ERROR, got {value!r}")
+            raise ValueError("expected DEBUG, INFO, WARNING or ERROR")
         return level
 
     def topic(self, name: str) -> str:
@@ -84,5 +84,6 @@ def load_settings(**overrides: object) -> Settings:
         for err in exc.errors():
             field = ".".join(str(p) for p in err["loc"])
             value = err.get("input")
-            problems.append(f"DETECTOR_{field.upper()}={value!r}: {err['msg']}")
+            message = str(err["msg"]).removeprefix("Value error, ")
+            problems.append(f"DETECTOR_{field.upper()}={value!r}: {message}")
         raise ConfigError("bad setting: " + "; ".join(problems)) from exc

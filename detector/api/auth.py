@@ -39,7 +39,9 @@ def parse_tokens(text: str) -> list[tuple[bytes, Grant]]:
             raise ConfigError(
                 f"DETECTOR_API_TOKENS: entry {number}: expected TOKEN=SCOPES[@TENANT]"
             )
-        scopes_text, _, tenant = grant.partition("@")
+        scopes_text, at, tenant = grant.partition("@")
+        if at and not tenant.strip():
+            raise ConfigError(f"DETECTOR_API_TOKENS: entry {number}: empty tenant after '@'")
         scopes = frozenset(s.strip() for s in scopes_text.split(",") if s.strip())
         unknown = scopes - SCOPES
         if not scopes or unknown:

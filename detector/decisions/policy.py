@@ -63,9 +63,19 @@ def explain(hit: RuleHit) -> str:
     """
     rule = hit.rule
     return (
-        f"{rule.metric} over {rule.window} is {round(hit.observed, 6):g} "
-        f"({rule.op.value} {rule.threshold:g}) for {hit.scope.value} {hit.entity_id}"
+        f"{rule.metric} over {rule.window} is {_number(hit.observed)} "
+        f"({rule.op.value} {_number(rule.threshold)}) for {hit.scope.value} {hit.entity_id}"
     )
+
+
+def _number(value: float) -> str:
+    """A figure for people: plain decimals, at most six places, no exponent.
+
+    >>> _number(1234567.891), _number(20.04881234), _number(50.0)
+    ('1234567.891', '20.048812', '50')
+    """
+    text = f"{value:.6f}".rstrip("0").rstrip(".")
+    return text or "0"
 
 
 def _alert(

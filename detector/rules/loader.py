@@ -18,6 +18,8 @@ def load_rules(path: Path) -> RuleSet:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise RulesError(f"{path.name}: cannot read: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise RulesError(f"{path.name}: not UTF-8 text (byte {exc.start})") from exc
     return parse_rules(text, path.name)
 
 
@@ -53,9 +55,11 @@ def _describe(source: str, data: dict[str, Any], err: Any) -> str:
     if err["type"] == "extra_forbidden":
         return f"{source}: {where}: unknown key"
     got = err.get("input")
+    if not where:
+        return f"{source}: {message}"
     if isinstance(got, dict) and not loc[2:]:
         return f"{source}: {where}: {message}"
-    return f"{source}: {where}: {message}, got {got!r}" if where else f"{source}: {message}"
+    return f"{source}: {where}: {message}, got {got!r}"
 
 
 def _rule_id(data: dict[str, Any], loc: list[Any]) -> str | None:

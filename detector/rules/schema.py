@@ -44,7 +44,7 @@ class ThresholdRule(_Strict):
     metric: str
     window: str
     op: Comparison = Comparison.gt
-    threshold: float = Field(ge=0)
+    threshold: float = Field(ge=0, strict=True)
     min_requests: int = Field(default=0, ge=0)
     action: Action = Action.alert
     for_s: int = Field(default=900, alias="for")
@@ -75,7 +75,10 @@ class ThresholdRule(_Strict):
         if isinstance(value, int):
             seconds = value
         elif isinstance(value, str):
-            seconds = parse_duration_s(value)
+            try:
+                seconds = parse_duration_s(value)
+            except ValueError:
+                raise ValueError("must be a duration such as 30s, 15m, 1h or 1d") from None
         else:
             raise ValueError("must be a duration such as 30s, 15m, 1h or 1d")
         if seconds <= 0:
@@ -92,7 +95,10 @@ class ThresholdRule(_Strict):
     @model_validator(mode="after")
     def _scope_supported(self) -> ThresholdRule:
         if self.scope is Scope.global_ and self.action is not Action.alert:
-            raise ValueError("a global rule can only alert: there is no entity to throttle")
+            raise ValueError(
+                f"action: a global rule can only alert (there is no entity to "
+                f"{self.action.value}), got {self.action.value!r}"
+            )
         return self
 
 
@@ -105,11 +111,14 @@ class RuleSet(_Strict):
 
     @model_validator(mode="after")
     def _unique_ids(self) -> RuleSet:
-        seen: set[str] = set()
-        for rule in self.rules:
-            if rule.id in seen:
-                raise ValueError(f"duplicate rule id {rule.id!r}")
-            seen.add(rule.id)
+        first: dict[str, int] = {}
+        for index, rule in enumerate(self.rules):
+            if rule.id in first:
+                raise ValueError(
+                    f"rules[{index}].id: duplicate rule id {rule.id!r} "
+                    f"(first used by rules[{first[rule.id]}])"
+                )
+            first[rule.id] = index
         return self
 
     def allowed(self, scope: Scope, entity: str) -> bool:

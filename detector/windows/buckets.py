@@ -134,6 +134,6 @@ def parse_duration_s(text: str) -> int:
         number, unit = value[:-1], units[value[-1]]
     else:
         number, unit = value, 1
-    if not number.isdigit():
+    if not (number.isascii() and number.isdigit()):
         raise ValueError(f"expected a duration like 30s, 15m, 1h or 7d, got {text!r}")
     return int(number) * unit

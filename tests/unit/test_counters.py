@@ -152,7 +152,9 @@ def test_sum_buckets_is_the_field_wise_sum(buckets: list[dict[str, int]]) -> Non
 
 def test_event_metrics_round_trip_through_sum_buckets() -> None:
     event = make_event(input_tokens=10, output_tokens=5, status="error")
-    fields = event_metrics(PricedEvent(event, make_costs(input_usd_micros=30, output_usd_micros=70)))
+    fields = event_metrics(
+        PricedEvent(event, make_costs(input_usd_micros=30, output_usd_micros=70))
+    )
     bucket = {k.encode(): str(v).encode() for k, v in fields.items()}
     got = sum_buckets([bucket, bucket])
     assert got["cost_usd"] == 0.0002
