@@ -2,14 +2,19 @@
 
     /tmp/probe-venv/bin/python benches/bench_ingest.py [--events 50000]
 
-Cases, one line each:
+Cases, one line each (ratio = base_s / cand_s; *_eps = events per second):
 - ingest_faust_vs_batched: the same pre-produced topic consumed end to end (decode, price,
   windows, rules, decisions, Kafka outputs) by a faust agent over `stream.take(1000, within=0.2)`
   (base) and by detector.worker.EventsConsumer, aiokafka `getmany` + commit (cand). Each run
   starts from the earliest offset with its own consumer group and an empty Redis database, and
-  is timed from start until the global 1d window counts every event.
+  is timed from start until the global 1d window counts every event; *_first_s is the part of
+  that spent before the first event was counted (start-up, group join).
+- ingest_batched_1000_vs_2000: EventsConsumer with faust's batch size (base) against its
+  default (cand, the run of the line above), to tell batch size apart from faust's machinery.
 - redis_per_event_vs_batch: WindowStore.apply_batch one event at a time (base) against the same
   events in batches of 2000 (cand); decoding and pricing happen before the clock starts.
+- consume_only_faust_vs_aiokafka: the framework alone, no pipeline: faust `take(1000)` (base)
+  against aiokafka `getmany` + commit (cand), both decoding each value with orjson.
 
 Needs `scripts/services up`. Uses Redis database 12 (flushed) and topics named bench-<uuid>.*,
 deleted at the end.
@@ -187,8 +192,14 @@ async def run_batched(
         nonlocal task
         task = asyncio.create_task(consumer.run())
 
+    async def counted() -> int:
+        if task is not None and task.done():
+            task.result()  # the consumer died: raise its error now rather than time out
+            raise RuntimeError("EventsConsumer.run() returned before all events were counted")
+        return await counted_events(windows)
+
     try:
-        return await timed_consume(start, lambda: counted_events(windows), n, timeout_s)
+        return await timed_consume(start, counted, n, timeout_s)
     finally:
         await cancel(task)
         await redis.aclose()
@@ -201,22 +212,43 @@ async def cancel(task: asyncio.Task[None] | None) -> None:
             await task
 
 
+def ingest_fields(base: Run, cand: Run, n: int) -> dict[str, str]:
+    extra = {"base_first_s": f"{base.first_s:.3f}", "cand_first_s": f"{cand.first_s:.3f}"}
+    if base.counted < n or cand.counted < n:
+        extra["base_counted"] = str(base.counted)
+        extra["cand_counted"] = str(cand.counted)
+    return extra
+
+
 async def case_ingest(
     settings: Settings, redis: Redis, n: int, timeout_s: float, rules: RulesHolder
-) -> str:
+) -> tuple[str, str]:
+    """The faust baseline against EventsConsumer, then EventsConsumer at faust's batch size.
+
+    The second line tells the two effects apart: faust's stream machinery, and the smaller
+    batches that `take(1000)` hands the pipeline (less pre-aggregation per Redis round trip).
+    """
     prices = PriceTable.load()
     await redis.flushdb()
     base = await run_faust(settings, rules, prices, n, timeout_s)
     await redis.flushdb()
     cand = await run_batched(settings, rules, prices, n, timeout_s)
-    extra = {
-        "base_first_s": f"{base.first_s:.3f}",
-        "cand_first_s": f"{cand.first_s:.3f}",
-    }
-    if base.counted < n or cand.counted < n:
-        extra["base_counted"] = str(base.counted)
-        extra["cand_counted"] = str(cand.counted)
-    return fmt_case("ingest_faust_vs_batched", n, base, cand, **extra)
+    small = settings.model_copy(
+        update={"batch_max_events": TAKE_MAX, "consumer_group": f"{settings.consumer_group}-b"}
+    )
+    await redis.flushdb()
+    cand_small = await run_batched(small, rules, prices, n, timeout_s)
+    await redis.flushdb()
+    return (
+        fmt_case("ingest_faust_vs_batched", n, base, cand, **ingest_fields(base, cand, n)),
+        fmt_case(
+            f"ingest_batched_{TAKE_MAX}_vs_{settings.batch_max_events}",
+            n,
+            cand_small,
+            cand,
+            **ingest_fields(cand_small, cand, n),
+        ),
+    )
 
 
 def priced(
@@ -351,6 +383,12 @@ async def delete_run_topics(settings: Settings, prefix: str) -> None:
 
 
 async def main(args: argparse.Namespace) -> int:
+    if not args.redis_url.rstrip("/").endswith("/12"):
+        print(
+            f"bench_ingest: --redis-url must name database 12, got {args.redis_url!r}",
+            file=sys.stderr,
+        )
+        return 2
     run_id = uuid.uuid4().hex[:8]
     prefix = f"bench-{run_id}"
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as data_dir:
@@ -373,16 +411,17 @@ async def main(args: argparse.Namespace) -> int:
 
         events = workloads.load_events(args.seed, args.events)
         messages = workloads.to_messages(events, now_ms())
-        await ensure_topics(settings)
         redis = Redis.from_url(settings.redis_url)
         try:
+            await ensure_topics(settings)
             await workloads.produce(
                 settings.kafka_bootstrap, settings.topic(keys.TOPIC_EVENTS), messages
             )
-            print(await case_ingest(settings, redis, args.events, args.timeout_s, rules))
+            for line in await case_ingest(settings, redis, args.events, args.timeout_s, rules):
+                print(line, flush=True)
             subset = messages[: args.redis_events]
-            print(await case_redis(settings, redis, subset))
-            print(await case_consume(settings, args.events, args.timeout_s))
+            print(await case_redis(settings, redis, subset), flush=True)
+            print(await case_consume(settings, args.events, args.timeout_s), flush=True)
         finally:
             await redis.flushdb()
             await redis.aclose()
@@ -397,7 +436,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--timeout-s", type=float, default=150.0, help="per consume run")
     parser.add_argument("--kafka", default="127.0.0.1:9092")
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/12")
+    parser.add_argument(
+        "--redis-url", default="redis://127.0.0.1:6379/12", help="database 12; it is flushed"
+    )
     return parser.parse_args(argv)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from detector.simulate import Scenario, generate
 
@@ -31,7 +31,7 @@ Message = tuple[bytes | None, bytes]  # Kafka key, value
 
 
 def scenario(seed: int, n: int) -> Scenario:
-    """The traffic that yields at least n events (a few percent of them abusive)."""
+    """The traffic that yields at least n events (about 1% of them from the abusive tenant)."""
     rate_per_s = n * 1.05 / DURATION_S  # slack: generate() draws Poisson gaps
     return Scenario(
         seed=seed,
@@ -82,6 +82,7 @@ def to_messages(events: Sequence[dict[str, Any]], end_ms: int) -> list[Message]:
 
 async def produce(bootstrap: str, topic: str, messages: Sequence[Message]) -> None:
     """Put every message on the topic with one producer; return once Kafka acknowledged all."""
+    await wait_until_served(bootstrap, topic)
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap, acks="all", linger_ms=20, max_batch_size=256 * 1024
     )
@@ -92,3 +93,19 @@ async def produce(bootstrap: str, topic: str, messages: Sequence[Message]) -> No
             await future
     finally:
         await producer.stop()
+
+
+async def wait_until_served(bootstrap: str, topic: str) -> None:
+    """Return once every partition's leader answers for it.
+
+    A topic created a moment ago is listed with its leaders before they serve it, and the
+    producer's first batches would come back NotLeaderForPartition (retried, but noisy).
+    """
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    await consumer.start()
+    try:
+        await consumer.topics()  # fetches fresh metadata
+        partitions = consumer.partitions_for_topic(topic) or set()
+        await consumer.end_offsets([TopicPartition(topic, p) for p in sorted(partitions)])
+    finally:
+        await consumer.stop()

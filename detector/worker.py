@@ -55,6 +55,10 @@ def build_app(settings: Settings, rules: RulesHolder, prices: PriceTable) -> Any
         topic_partitions=settings.topic_partitions,
         datadir=str(settings.data_dir / "faust"),
         producer_acks=-1,
+        # faust waits for a dead member of its group for the whole session timeout (60 s by
+        # default) before it starts tasks again after a crash; 6 s is the broker's minimum.
+        broker_session_timeout=6.0,
+        broker_heartbeat_interval=2.0,
     )
     alerts_topic = app.topic(
         settings.topic(keys.TOPIC_ALERTS), value_serializer="raw", key_serializer="raw"
@@ -128,6 +132,10 @@ class EventsConsumer:
             max_poll_records=settings.batch_max_events,
             fetch_max_bytes=16 * 1024 * 1024,
             client_id="detector-events",
+            # A worker that dies is noticed after this long and its partitions move on; the
+            # broker's minimum is 6 s.
+            session_timeout_ms=6000,
+            heartbeat_interval_ms=2000,
         )
         deps = Deps(
             settings=settings,

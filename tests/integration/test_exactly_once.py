@@ -1,0 +1,153 @@
+"""Every dollar once: a worker killed with SIGKILL mid-stream and restarted counts each event
+exactly once, with duplicates, out-of-order and late events mixed into the stream."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+import pytest
+from redis.asyncio import Redis
+
+from detector.config import Settings
+from detector.schemas import Scope
+from detector.windows.counters import WindowStore
+
+from .conftest import produce, settings_env
+
+N_EVENTS = 20_000
+TENANTS = ("acme", "globex", "initech")
+
+
+def build_stream(now_ms: int) -> tuple[list[bytes], list[bytes], dict[tuple[str, str], int]]:
+    """Events with duplicates, shuffled order and late arrivals; the expected micro-dollars."""
+    rng = random.Random(1234)
+    events = []
+    expected: dict[tuple[str, str], int] = defaultdict(int)
+    for i in range(N_EVENTS):
+        tenant = rng.choice(TENANTS)
+        user = f"u{rng.randrange(50)}"
+        micros = rng.randrange(1, 50_000)
+        # Mostly the last few minutes, some 2-20 hours late (only the 1d+ windows see those).
+        age_ms = (
+            rng.randrange(0, 240_000) if rng.random() < 0.9 else rng.randrange(2, 20) * 3_600_000
+        )
+        events.append(
+            {
+                "event_id": f"ev-{i}",
+                "ts": now_ms - age_ms,
+                "tenant_id": tenant,
+                "user_id": user,
+                "model": "gpt-4o",
+                "input_tokens": 100,
+                "output_tokens": 10,
+                "cost_usd": micros / 1_000_000,
+            }
+        )
+        expected[(tenant, "tenant")] += micros
+        expected[(tenant, user)] += micros
+        expected[("_global", "all")] += micros
+    stream = events + rng.sample(events, N_EVENTS // 10)  # 10% published twice
+    rng.shuffle(stream)  # out of order
+    values = [orjson.dumps(e) for e in stream]
+    keys_ = [str(e["tenant_id"]).encode() for e in stream]
+    return values, keys_, expected
+
+
+async def applied_count(store: WindowStore, now_ms: int) -> int:
+    [total] = await store.read_windows([("_global", Scope.global_, "all", "7d")], now_ms)
+    return int(total["requests"])
+
+
+@pytest.mark.timeout(360)
+async def test_sigkill_mid_stream_counts_every_event_once(
+    settings_factory: Callable[..., Settings],
+    kafka_topics: Settings,
+    redis: Redis,
+    python: str,
+    subprocesses: list[asyncio.subprocess.Process],
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "rules.yaml").write_text("rules: []\n")
+    # Small batches so that a kill lands between a batch's Redis write and its offset commit.
+    settings = settings_factory(batch_max_events=200)
+    env = settings_env(settings)
+    now_ms = time.time_ns() // 1_000_000
+    values, keys_, expected = build_stream(now_ms)
+    await produce_fast(settings, values, keys_)
+    store = WindowStore(redis, settings.dedup_horizon_s)
+
+    async def start_worker(n: int) -> asyncio.subprocess.Process:
+        log = (tmp_path / f"worker-{n}.log").open("wb")
+        proc = await asyncio.create_subprocess_exec(
+            python, "-m", "detector", "worker", env=env, stdout=log, stderr=log
+        )
+        log.close()
+        subprocesses.append(proc)
+        return proc
+
+    kills = 0
+    t0 = time.monotonic()
+    for n, kill_at in enumerate((N_EVENTS // 5, N_EVENTS // 2, (N_EVENTS * 4) // 5)):
+        proc = await start_worker(n)
+        deadline = time.monotonic() + 90
+        while await applied_count(store, now_ms) < kill_at:
+            assert time.monotonic() < deadline, f"worker {n} stalled; see {tmp_path}"
+            assert proc.returncode is None, f"worker {n} exited; see {tmp_path}"
+            await asyncio.sleep(0.02)
+        at = await applied_count(store, now_ms)
+        print(f"{time.monotonic() - t0:.1f}s: worker {n} killed with {at} events applied")
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+        kills += 1
+    assert kills == 3
+
+    final = await start_worker(99)
+    deadline = time.monotonic() + 120
+    while await applied_count(store, now_ms) < N_EVENTS:
+        assert time.monotonic() < deadline, f"final worker stalled; see {tmp_path}"
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(2.0)  # anything counted twice would show up now
+    final.send_signal(signal.SIGTERM)
+    await asyncio.wait_for(final.wait(), timeout=30)
+
+    assert await applied_count(store, now_ms) == N_EVENTS
+    reads = []
+    for tenant, entity in expected:
+        if tenant == "_global":
+            reads.append(("_global", Scope.global_, "all", "7d"))
+        elif entity == "tenant":
+            reads.append((tenant, Scope.tenant, tenant, "7d"))
+        else:
+            reads.append((tenant, Scope.user, entity, "7d"))
+    sums = await store.read_windows(reads, now_ms)
+    for (tenant, entity), metrics in zip(expected, sums, strict=True):
+        got_micros = round(metrics["cost_usd"] * 1_000_000)
+        assert got_micros == expected[(tenant, entity)], (tenant, entity)
+
+
+async def produce_fast(settings: Settings, values: list[bytes], keys_: list[bytes]) -> None:
+    """Publish in bulk (the conftest helper waits for each message, too slow for 22k)."""
+    from aiokafka import AIOKafkaProducer
+
+    from detector import keys
+
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=20
+    )
+    await producer.start()
+    try:
+        topic = settings.topic(keys.TOPIC_EVENTS)
+        futures = [
+            await producer.send(topic, value=v, key=k) for v, k in zip(values, keys_, strict=True)
+        ]
+        for future in futures:
+            await future
+    finally:
+        await producer.stop()
