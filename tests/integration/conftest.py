@@ -87,12 +87,15 @@ async def slack_stub() -> AsyncIterator[SlackStub]:
 
 
 async def produce(settings: Settings, values: list[bytes], keys_: list[bytes | None]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    """Publish to the events topic in order and wait until Kafka acknowledged every message."""
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=5)
     await producer.start()
     try:
         topic = settings.topic(keys.TOPIC_EVENTS)
-        for value, key in zip(values, keys_, strict=True):
-            await producer.send_and_wait(topic, value=value, key=key)
+        pairs = zip(values, keys_, strict=True)
+        futures = [await producer.send(topic, value=value, key=key) for value, key in pairs]
+        for future in futures:
+            await future
     finally:
         await producer.stop()
 
