@@ -13,6 +13,10 @@ Cases, one line each (ratio = base_s / cand_s; *_eps = events per second):
   default (cand, the run of the line above), to tell batch size apart from faust's machinery.
 - redis_per_event_vs_batch: WindowStore.apply_batch one event at a time (base) against the same
   events in batches of 2000 (cand); decoding and pricing happen before the clock starts.
+- pipeline_mixed_vs_partition_batches: handle_batch over batches of 1000 in produce order, which
+  mix every partition as faust's take() does (base), against batches of 1000 drawn from one
+  partition each, as getmany mostly returns them (cand). Events are keyed by tenant, so a
+  partition-local batch touches fewer tenants, users and sessions.
 - consume_only_faust_vs_aiokafka: the framework alone, no pipeline: faust `take(1000)` (base)
   against aiokafka `getmany` + commit (cand), both decoding each value with orjson.
 
@@ -40,6 +44,7 @@ import orjson
 import workloads
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.partitioner import DefaultPartitioner
 from redis.asyncio import Redis
 
 from detector import keys
@@ -289,6 +294,62 @@ async def case_redis(
     )
 
 
+def partition_batches(
+    messages: Sequence[workloads.Message], partitions: int, batch: int
+) -> list[list[workloads.Message]]:
+    """Batches as `getmany` hands them out: each from one partition (Kafka's key partitioner)."""
+    partitioner = DefaultPartitioner()
+    ids = list(range(partitions))
+    by_partition: list[list[workloads.Message]] = [[] for _ in ids]
+    for key, value in messages:
+        by_partition[partitioner(key, ids, ids)].append((key, value))
+    return [part[i : i + batch] for part in by_partition for i in range(0, len(part), batch)]
+
+
+def tenants_per_batch(batches: Sequence[Sequence[workloads.Message]]) -> float:
+    distinct = [len({key for key, _ in batch}) for batch in batches]  # the key is the tenant
+    return sum(distinct) / len(distinct)
+
+
+async def timed_pipeline(
+    deps: Deps, redis: Redis, batches: Sequence[Sequence[workloads.Message]]
+) -> Run:
+    await redis.flushdb()
+    t0 = time.perf_counter()
+    counted = 0
+    for batch in batches:
+        counted += (await handle_batch(batch, deps, now_ms())).applied
+    return Run(time.perf_counter() - t0, 0.0, counted)
+
+
+async def case_batch_mix(
+    settings: Settings, redis: Redis, rules: RulesHolder, messages: Sequence[workloads.Message]
+) -> str:
+    """handle_batch over batches of 1000 mixing all partitions (as faust's take() yields them)
+    against batches of 1000 from one partition each (as getmany mostly yields them)."""
+    mixed = [list(messages[i : i + TAKE_MAX]) for i in range(0, len(messages), TAKE_MAX)]
+    local = partition_batches(messages, settings.topic_partitions, TAKE_MAX)
+    kafka = KafkaSink(settings)
+    await kafka.start()
+    try:
+        windows = WindowStore(redis, settings.dedup_horizon_s)
+        deps = Deps(settings, rules, PriceTable.load(), windows, DecisionStore(redis), kafka)
+        base = await timed_pipeline(deps, redis, mixed)
+        cand = await timed_pipeline(deps, redis, local)
+    finally:
+        await kafka.close()
+        await redis.flushdb()
+    return fmt_case(
+        "pipeline_mixed_vs_partition_batches",
+        len(messages),
+        base,
+        cand,
+        batch=str(TAKE_MAX),
+        base_tenants_per_batch=f"{tenants_per_batch(mixed):.0f}",
+        cand_tenants_per_batch=f"{tenants_per_batch(local):.0f}",
+    )
+
+
 async def consume_faust_bare(settings: Settings, n: int, timeout_s: float) -> Run:
     """faust stream.take() with orjson decode and nothing else: the framework's own ceiling."""
     seen = 0
@@ -421,6 +482,8 @@ async def main(args: argparse.Namespace) -> int:
                 print(line, flush=True)
             subset = messages[: args.redis_events]
             print(await case_redis(settings, redis, subset), flush=True)
+            subset = messages[: args.pipeline_events]
+            print(await case_batch_mix(settings, redis, rules, subset), flush=True)
             print(await case_consume(settings, args.events, args.timeout_s), flush=True)
         finally:
             await redis.flushdb()
@@ -433,6 +496,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--events", type=int, default=50_000, help="events consumed per run")
     parser.add_argument("--redis-events", type=int, default=5_000, help="events in case 2")
+    parser.add_argument(
+        "--pipeline-events", type=int, default=10_000, help="events in the batch-mix case"
+    )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--timeout-s", type=float, default=150.0, help="per consume run")
     parser.add_argument("--kafka", default="127.0.0.1:9092")
