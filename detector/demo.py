@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import html
 import os
 import socket
 import sys
@@ -166,7 +167,8 @@ async def _report(api: str, stub: SlackStub | None, blocked_at: float | None) ->
     if stub is not None:
         say(f"Slack received {len(stub.messages)} message(s):")
         for message in stub.messages:
-            say(f"  {message.get('text', '')}")
+            # Slack shows its mrkdwn escapes (&gt;) as the characters they stand for.
+            say(f"  {html.unescape(str(message.get('text', '')))}")
     async with aiohttp.ClientSession() as session:
         bad = await _lookup(session, api, "tenant-0")
         good = await _lookup(session, api, "tenant-1")

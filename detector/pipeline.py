@@ -10,16 +10,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from detector.config import Settings
-from detector.decisions.policy import decide
+from detector.decisions.policy import decide, unpriced_alert
 from detector.decisions.store import Change, DecisionStore
 from detector.errors import BadEvent
 from detector.ingest.decode import decode_event
+from detector.keys import GLOBAL_TENANT
 from detector.pricing import PriceTable, price_event
 from detector.rules.engine import evaluate_rules, reads_needed
 from detector.rules.schema import RuleSet
-from detector.schemas import Alert, Decision
+from detector.schemas import Alert, Decision, Scope
 from detector.sinks.kafka import KafkaSink
-from detector.windows.buckets import MAX_RETENTION_S
+from detector.windows.buckets import DAY_S, MAX_RETENTION_S
 from detector.windows.counters import PricedEvent, WindowStore
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ class Deps:
 class BatchResult:
     applied: int = 0
     duplicates: int = 0
+    late: int = 0  # applied events older than the allowed lateness (short windows skipped)
     dead_letters: list[tuple[bytes | None, bytes, BadEvent]] = field(default_factory=list)
     decisions: list[Decision] = field(default_factory=list)
     alerts: list[Alert] = field(default_factory=list)
@@ -60,6 +62,9 @@ async def handle_batch(messages: Sequence[RawMessage], deps: Deps, now_ms: int) 
 
     applied = await deps.windows.apply_batch(priced, now_ms)
     result.applied, result.duplicates = len(applied.applied), len(applied.duplicates)
+    late_before_ms = now_ms - settings.allowed_lateness_s * 1000
+    result.late = sum(1 for it in applied.applied if it.event.ts_ms < late_before_ms)
+    result.alerts.extend(await _unpriced_alerts(applied.applied, deps, now_ms))
 
     if applied.applied:
         rules = deps.rules()
@@ -92,6 +97,23 @@ async def handle_batch(messages: Sequence[RawMessage], deps: Deps, now_ms: int) 
     if result.alerts:
         await deps.kafka.send_alerts(result.alerts)
     return result
+
+
+async def _unpriced_alerts(items: list[PricedEvent], deps: Deps, now_ms: int) -> list[Alert]:
+    """One alert per model without a price per UTC day, across all workers."""
+    unpriced: dict[str, list[PricedEvent]] = {}
+    for it in items:
+        if not it.costs.priced:
+            unpriced.setdefault(it.event.model, []).append(it)
+    alerts = []
+    until_midnight_s = DAY_S - (now_ms // 1000) % DAY_S
+    for model, events in unpriced.items():
+        if await deps.decisions.claim_alert(
+            GLOBAL_TENANT, "unpriced_model", Scope.model, model, until_midnight_s
+        ):
+            first = events[0].event
+            alerts.append(unpriced_alert(model, first.tenant_id, len(events), first.ts_ms, now_ms))
+    return alerts
 
 
 def _cooldown_s(rules: RuleSet, rule_id: str) -> int:

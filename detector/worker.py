@@ -141,7 +141,7 @@ class EventsConsumer:
             settings=settings,
             rules=self.rules,
             prices=self.prices,
-            windows=WindowStore(redis, settings.dedup_horizon_s),
+            windows=WindowStore(redis, settings.dedup_horizon_s, settings.allowed_lateness_s),
             decisions=DecisionStore(redis),
             kafka=kafka,
         )
@@ -179,10 +179,12 @@ class EventsConsumer:
                 log.exception("batch of %d failed; retrying event by event", len(records))
                 await self._process_one_by_one(records, deps)
                 return
-            if result.dead_letters or result.alerts:
+            if result.dead_letters or result.alerts or result.late:
                 log.info(
-                    "batch: %d applied, %d duplicate, %d dead-lettered, %d alerts, %d decisions",
+                    "batch: %d applied (%d late: short windows skipped), %d duplicate, "
+                    "%d dead-lettered, %d alerts, %d decisions",
                     result.applied,
+                    result.late,
                     result.duplicates,
                     len(result.dead_letters),
                     len(result.alerts),

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from detector.rules.engine import RuleHit
 from detector.rules.schema import RuleSet
-from detector.schemas import Action, Alert, AlertKind, Decision, Scope, Strictness
+from detector.schemas import Action, Alert, AlertKind, Decision, Scope, Severity, Strictness
 from detector.timefmt import rfc3339
 
 STRICTNESS = {
@@ -50,6 +50,32 @@ def decide(rules: RuleSet, hits: list[RuleHit], event_time_ms: int, now_ms: int)
             )
         out.append(Outcome(_alert(hit, decision, allowed, event_time_ms, now_ms), decision))
     return out
+
+
+def unpriced_alert(
+    model: str, tenant_id: str, requests: int, event_time_ms: int, now_ms: int
+) -> Alert:
+    """Alert that a model has no price, so its calls count tokens but no dollars."""
+    digest = hashlib.blake2b(f"unpriced|{model}|{now_ms}".encode(), digest_size=8).hexdigest()
+    return Alert(
+        alert_id=digest,
+        kind=AlertKind.unpriced_model,
+        rule_id="unpriced_model",
+        severity=Severity.warning,
+        tenant_id=tenant_id,
+        scope=Scope.model,
+        entity_id=model,
+        window="today",
+        metric="unpriced_requests",
+        observed=requests,
+        action=Action.alert,
+        event_time=rfc3339(event_time_ms),
+        created_at=rfc3339(now_ms),
+        message=(
+            f"model {model} has no price: {requests} call(s) (first seen for tenant {tenant_id}) "
+            "are counted with tokens but $0; add it to the file in DETECTOR_PRICES_FILE"
+        ),
+    )
 
 
 def explain(hit: RuleHit) -> str:

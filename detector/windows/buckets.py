@@ -66,16 +66,29 @@ def bucket_expiry_ms(start_ms: int, size: BucketSize) -> int:
     return start_ms + (size.size_s + size.retention_s) * 1000
 
 
-def writable_buckets(ts_ms: int, now_ms: int) -> list[tuple[int, int, int]]:
+# An event later than the allowed lateness only updates buckets at least this long, which
+# feed the 1d, 7d, 30d and calendar windows: a short window must not jump from old news.
+LATE_MIN_BUCKET_S = HOUR_S
+
+
+def writable_buckets(
+    ts_ms: int, now_ms: int, allowed_lateness_ms: int | None = None
+) -> list[tuple[int, int, int]]:
     """(size_s, bucket start, expiry) of every bucket an event at ts_ms still updates.
 
-    Buckets already past their retention are skipped: the event is too late for them.
+    Buckets already past their retention are skipped: the event is too late for them. An
+    event older than `allowed_lateness_ms` updates only the hour and day buckets.
 
     >>> [b[0] for b in writable_buckets(0, 3 * 3600 * 1000)]
     [300, 3600, 86400]
+    >>> [b[0] for b in writable_buckets(0, 600_000, allowed_lateness_ms=300_000)]
+    [3600, 86400]
     """
+    late = allowed_lateness_ms is not None and ts_ms < now_ms - allowed_lateness_ms
     out = []
     for size in BUCKET_SIZES:
+        if late and size.size_s < LATE_MIN_BUCKET_S:
+            continue
         start = bucket_start_ms(ts_ms, size.size_s)
         expiry = bucket_expiry_ms(start, size)
         if expiry > now_ms:

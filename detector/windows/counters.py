@@ -137,9 +137,14 @@ def dedup_set_key(tenant: str, ts_ms: int) -> str:
 class WindowStore:
     """Reads and writes the spend windows of every scope in Redis."""
 
-    def __init__(self, redis: Redis, dedup_horizon_s: int) -> None:
+    def __init__(
+        self, redis: Redis, dedup_horizon_s: int, allowed_lateness_s: int | None = None
+    ) -> None:
         self._redis = redis
         self._dedup_horizon_ms = dedup_horizon_s * 1000
+        self._allowed_lateness_ms = (
+            None if allowed_lateness_s is None else allowed_lateness_s * 1000
+        )
         self._apply = redis.register_script(_APPLY_LUA)
         self._sum = redis.register_script(_SUM_LUA)
 
@@ -186,7 +191,7 @@ class WindowStore:
         expiries: dict[str, int] = {}
         for it in items:
             fields = event_metrics(it)
-            buckets = writable_buckets(it.event.ts_ms, now_ms)
+            buckets = writable_buckets(it.event.ts_ms, now_ms, self._allowed_lateness_ms)
             for scope in WINDOW_SCOPES:
                 entity = it.event.entity(scope)
                 if entity is None:
