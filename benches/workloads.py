@@ -9,12 +9,16 @@ so the newest event lands at the caller's `end_ms` (the windows only count recen
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+import math
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.partitioner import DefaultPartitioner
 
 from detector.simulate import Scenario, generate
 
@@ -109,3 +113,182 @@ async def wait_until_served(bootstrap: str, topic: str) -> None:
         await consumer.end_offsets([TopicPartition(topic, p) for p in sorted(partitions)])
     finally:
         await consumer.stop()
+
+
+# A realistic production mix for the window benchmarks (bench_windows.py): many tenants with a
+# heavy tail of users, sessions and API keys, models from the packaged price table, heavy-tailed
+# token counts. Pure and seeded like the workload above; only `ts` is relative (ms from 0).
+MIX_FEATURES: tuple[str, ...] = (
+    "chat", "search", "summarize", "agent", "code-review", "autocomplete", "translate",
+    "extract", "classify", "rag-answer", "email-draft", "meeting-notes", "sql-gen", "support-bot",
+    "doc-qa", "title-gen", "moderation", "embeddings-rerank", "planner", "eval-judge",
+)  # fmt: skip
+# (model, provider, weight, median input tokens, output scale, reasoning model)
+MIX_MODELS: tuple[tuple[str, str, float, int, int, bool], ...] = (
+    ("gpt-4o-mini", "openai", 30, 900, 180, False),
+    ("gpt-4o", "openai", 14, 1400, 300, False),
+    ("claude-sonnet-4-5", "anthropic", 14, 2500, 400, False),
+    ("gemini-2.5-flash", "google", 12, 1800, 250, False),
+    ("claude-haiku-4-5", "anthropic", 8, 1200, 200, False),
+    ("gpt-4.1-mini", "openai", 7, 1000, 200, False),
+    ("gemini-2.5-pro", "google", 4, 3000, 500, False),
+    ("gpt-5-mini", "openai", 5, 1500, 300, True),
+    ("o4-mini", "openai", 3, 1200, 250, True),
+    ("deepseek-chat", "deepseek", 3, 1500, 300, False),
+)
+# What a gateway that bills itself reports, in USD per million tokens (input, output): rough list
+# prices, so cost_usd drifts a little from the table as a real gateway's bill would.
+_GATEWAY_USD_PER_MTOK = {
+    "gpt-4o-mini": (0.15, 0.6), "gpt-4o": (2.5, 10.0), "claude-sonnet-4-5": (3.0, 15.0),
+    "gemini-2.5-flash": (0.3, 2.5), "claude-haiku-4-5": (1.0, 5.0), "gpt-4.1-mini": (0.4, 1.6),
+    "gemini-2.5-pro": (1.25, 10.0), "gpt-5-mini": (0.25, 2.0), "o4-mini": (1.1, 4.4),
+    "deepseek-chat": (0.27, 1.1),
+}  # fmt: skip
+MAX_TOKENS = 2_000_000
+
+
+@dataclass(frozen=True)
+class Mix:
+    """Who sends traffic: `users` spread over `tenants` by a Zipf law (a few big tenants)."""
+
+    seed: int = 11
+    tenants: int = 1000
+    users: int = 100_000
+    tenant_zipf: float = 1.0  # users of the i-th tenant ~ 1 / i**tenant_zipf
+    users_per_key: int = 400  # a tenant has 1 + users // users_per_key API keys (at most 20)
+    cost_usd_share: float = 0.15  # events whose gateway reports its own bill
+    error_share: float = 0.01
+    session_s: int = 600  # sessions roll over every 10 minutes, at a per-user phase
+
+
+@dataclass(frozen=True)
+class Population:
+    user_tenant: list[int]  # tenant index of each user
+    user_key: list[int]  # API key index (within its tenant) of each user
+    tenant_users: list[int]
+
+
+def population(mix: Mix) -> Population:
+    """Users per tenant by largest remainder on Zipf weights (every tenant has at least one)."""
+    weights = [1.0 / (i + 1) ** mix.tenant_zipf for i in range(mix.tenants)]
+    spare = mix.users - mix.tenants
+    if spare < 0:
+        raise ValueError(f"need at least one user per tenant: {mix.users} < {mix.tenants}")
+    total = sum(weights)
+    exact = [spare * w / total for w in weights]
+    counts = [1 + int(x) for x in exact]
+    by_remainder = sorted(range(mix.tenants), key=lambda i: (int(exact[i]) - exact[i], i))
+    for i in by_remainder[: mix.users - sum(counts)]:
+        counts[i] += 1
+    user_tenant: list[int] = []
+    user_key: list[int] = []
+    for tenant, count in enumerate(counts):
+        keys_n = min(20, 1 + count // mix.users_per_key)
+        user_tenant.extend([tenant] * count)
+        user_key.extend(j % keys_n for j in range(count))
+    return Population(user_tenant, user_key, counts)
+
+
+def _mix_event(
+    mix: Mix, rng: random.Random, pop: Population, user: int, ts_ms: int, event_id: str
+) -> dict[str, Any]:
+    tenant = f"t{pop.user_tenant[user]}"
+    model, provider, _, median_in, scale_out, reasoning = rng.choices(MIX_MODELS, _MODEL_W)[0]
+    input_tokens = min(MAX_TOKENS, max(1, int(rng.lognormvariate(math.log(median_in), 1.0))))
+    # Pareto tail: most answers are short, a few run to tens of thousands of tokens.
+    output_tokens = min(MAX_TOKENS, int(scale_out * (rng.paretovariate(1.4) - 0.5)))
+    error = rng.random() < mix.error_share
+    if error:
+        output_tokens = 0
+    phase_ms = (user * 7919) % (mix.session_s * 1000)
+    event: dict[str, Any] = {
+        "event_id": event_id,
+        "ts": ts_ms,
+        "tenant_id": tenant,
+        "user_id": f"{tenant}-u{user}",
+        "feature": rng.choices(MIX_FEATURES, _FEATURE_W)[0],
+        "api_key_id": f"{tenant}-k{pop.user_key[user]}",
+        "session_id": f"u{user}-s{(ts_ms + phase_ms) // (mix.session_s * 1000)}",
+        "model": model,
+        "provider": provider,
+        "input_tokens": input_tokens,
+        "output_tokens": output_tokens,
+        "status": "error" if error else "ok",
+        "latency_ms": round(rng.lognormvariate(7.0, 0.8), 1),
+    }
+    if reasoning and not error:
+        event["reasoning_tokens"] = int(output_tokens * rng.lognormvariate(0.5, 0.7))
+    if rng.random() < 0.3:
+        event["cached_input_tokens"] = int(input_tokens * rng.uniform(0.2, 0.9))
+    if rng.random() < mix.cost_usd_share:
+        usd_in, usd_out = _GATEWAY_USD_PER_MTOK[model]
+        out = output_tokens + int(event.get("reasoning_tokens", 0))
+        event["cost_usd"] = round((input_tokens * usd_in + out * usd_out) / 1e6, 8)
+    return event
+
+
+_MODEL_W = [m[2] for m in MIX_MODELS]
+_FEATURE_W = [1.0 / (i + 1) for i in range(len(MIX_FEATURES))]
+
+
+def build_mix_events(mix: Mix, n: int, span_s: float) -> list[dict[str, Any]]:
+    """n events over span_s seconds, each from a user drawn by a heavy-tailed activity level."""
+    rng = random.Random(mix.seed)
+    pop = population(mix)
+    activity = [rng.lognormvariate(0.0, 1.5) for _ in range(mix.users)]
+    users = rng.choices(range(mix.users), weights=activity, k=n)
+    offsets_ms = sorted(int(rng.random() * span_s * 1000) for _ in range(n))
+    return [
+        _mix_event(mix, rng, pop, user, ts_ms, f"m{mix.seed}-{i}")
+        for i, (user, ts_ms) in enumerate(zip(users, offsets_ms, strict=True))
+    ]
+
+
+def build_user_events(mix: Mix, per_user: int, span_s: float) -> list[dict[str, Any]]:
+    """per_user events for every user over span_s seconds, each user in one session."""
+    rng = random.Random(mix.seed)
+    pop = population(mix)
+    out = []
+    for user in range(mix.users):
+        for j in range(per_user):
+            ts_ms = int(rng.random() * span_s * 1000)
+            event = _mix_event(mix, rng, pop, user, ts_ms, f"a{mix.seed}-{user}-{j}")
+            event["session_id"] = f"u{user}-s0"
+            out.append(event)
+    out.sort(key=lambda e: int(e["ts"]))
+    return out
+
+
+def cached(name: str, build: Callable[[], list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The workload cached as benches/.cache/<name>.jsonl, built and cached when missing."""
+    path = CACHE_DIR / f"{name}.jsonl"
+    if path.exists():
+        return [orjson.loads(line) for line in path.read_bytes().splitlines() if line]
+    events = build()
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in events))
+    tmp.replace(path)
+    return events
+
+
+def load_mix_events(mix: Mix, n: int, span_s: float = 600.0) -> list[dict[str, Any]]:
+    name = f"mix-seed{mix.seed}-t{mix.tenants}-u{mix.users}-n{n}-span{span_s:.0f}"
+    return cached(name, lambda: build_mix_events(mix, n, span_s))
+
+
+def load_user_events(mix: Mix, per_user: int, span_s: float = 86_400.0) -> list[dict[str, Any]]:
+    name = f"users-seed{mix.seed}-t{mix.tenants}-u{mix.users}-k{per_user}-span{span_s:.0f}"
+    return cached(name, lambda: build_user_events(mix, per_user, span_s))
+
+
+def partition_batches(
+    messages: Sequence[Message], partitions: int, batch: int
+) -> list[list[Message]]:
+    """Batches as `getmany` hands them out: each from one partition (Kafka's key partitioner)."""
+    partitioner = DefaultPartitioner()
+    ids = list(range(partitions))
+    by_partition: list[list[Message]] = [[] for _ in ids]
+    for key, value in messages:
+        by_partition[partitioner(key, ids, ids)].append((key, value))
+    return [part[i : i + batch] for part in by_partition for i in range(0, len(part), batch)]

@@ -33,6 +33,7 @@ class Settings(BaseSettings):
     # Hot path batching: at most this many events, or this long, per Redis round trip.
     batch_max_events: int = Field(default=2000, ge=1, le=100_000)
     batch_max_wait_ms: int = Field(default=200, ge=1, le=10_000)
+    batches_in_flight: int = Field(default=2, ge=1, le=8)
 
     slack_webhook_url: SecretStr | None = None
     slack_bot_token: SecretStr | None = None

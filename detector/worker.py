@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -39,6 +40,7 @@ from detector.windows.counters import WindowStore
 log = logging.getLogger("detector.worker")
 
 RETRY_MAX_S = 30.0
+Polled = dict[TopicPartition, list[ConsumerRecord[Any, Any]]]
 
 
 def now_ms() -> int:
@@ -148,17 +150,28 @@ class EventsConsumer:
         await kafka.start()
         await consumer.start()
         log.info("consuming %s", settings.topic(keys.TOPIC_EVENTS))
+        # Batches in flight: while Redis works on one, Python decodes the next. Offsets are
+        # committed strictly in order, each after its own batch is done.
+        inflight: deque[tuple[asyncio.Task[None], Polled]] = deque()
         try:
             while True:
                 polled = await consumer.getmany(
                     timeout_ms=settings.batch_max_wait_ms, max_records=settings.batch_max_events
                 )
                 records = [r for batch in polled.values() for r in batch]
-                if not records:
-                    continue
-                await self._process(records, deps)
-                await _commit(consumer, polled)
+                if records:
+                    inflight.append((asyncio.create_task(self._process(records, deps)), polled))
+                while inflight and (
+                    len(inflight) >= settings.batches_in_flight
+                    or inflight[0][0].done()
+                    or not records
+                ):
+                    task, done_polled = inflight.popleft()
+                    await task
+                    await _commit(consumer, done_polled)
         finally:
+            for task, _ in inflight:
+                task.cancel()
             await consumer.stop()
             await kafka.close()
             await redis.aclose()
@@ -202,9 +215,7 @@ class EventsConsumer:
                 log.exception("event failed at %s[%s]@%s; skipped", r.topic, r.partition, r.offset)
 
 
-async def _commit(
-    consumer: AIOKafkaConsumer, polled: dict[TopicPartition, list[ConsumerRecord[Any, Any]]]
-) -> None:
+async def _commit(consumer: AIOKafkaConsumer, polled: Polled) -> None:
     offsets = {tp: batch[-1].offset + 1 for tp, batch in polled.items() if batch}
     try:
         await consumer.commit(offsets)
