@@ -144,7 +144,10 @@ _GATEWAY_USD_PER_MTOK = {
     "gemini-2.5-pro": (1.25, 10.0), "gpt-5-mini": (0.25, 2.0), "o4-mini": (1.1, 4.4),
     "deepseek-chat": (0.27, 1.1),
 }  # fmt: skip
-MAX_TOKENS = 2_000_000
+_MODEL_W = [m[2] for m in MIX_MODELS]
+_FEATURE_W = [1.0 / (i + 1) for i in range(len(MIX_FEATURES))]
+MAX_INPUT_TOKENS = 1_000_000
+MAX_OUTPUT_TOKENS = 64_000
 
 
 @dataclass(frozen=True)
@@ -194,9 +197,9 @@ def _mix_event(
 ) -> dict[str, Any]:
     tenant = f"t{pop.user_tenant[user]}"
     model, provider, _, median_in, scale_out, reasoning = rng.choices(MIX_MODELS, _MODEL_W)[0]
-    input_tokens = min(MAX_TOKENS, max(1, int(rng.lognormvariate(math.log(median_in), 1.0))))
+    input_tokens = min(MAX_INPUT_TOKENS, max(1, int(rng.lognormvariate(math.log(median_in), 1.0))))
     # Pareto tail: most answers are short, a few run to tens of thousands of tokens.
-    output_tokens = min(MAX_TOKENS, int(scale_out * (rng.paretovariate(1.4) - 0.5)))
+    output_tokens = min(MAX_OUTPUT_TOKENS, int(scale_out * (rng.paretovariate(1.4) - 0.5)))
     error = rng.random() < mix.error_share
     if error:
         output_tokens = 0
@@ -225,10 +228,6 @@ def _mix_event(
         out = output_tokens + int(event.get("reasoning_tokens", 0))
         event["cost_usd"] = round((input_tokens * usd_in + out * usd_out) / 1e6, 8)
     return event
-
-
-_MODEL_W = [m[2] for m in MIX_MODELS]
-_FEATURE_W = [1.0 / (i + 1) for i in range(len(MIX_FEATURES))]
 
 
 def build_mix_events(mix: Mix, n: int, span_s: float) -> list[dict[str, Any]]:

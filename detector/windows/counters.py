@@ -31,6 +31,7 @@ from detector.schemas import Scope, UsageEvent
 from detector.windows.buckets import (
     BUCKET_SIZES,
     HOUR_S,
+    MINUTE_S,
     bucket_start_ms,
     window_buckets,
     writable_buckets,
@@ -252,32 +253,38 @@ class WindowStore:
         return ApplyResult(applied, duplicates, touched_entities(applied))
 
     def _payload(self, items: Sequence[PricedEvent], now_ms: int) -> bytes:
-        """The Lua call's JSON: dedup groups by hour, and summed vectors per key."""
+        """The Lua call's JSON: dedup groups by hour, and summed vectors per bucket key.
+
+        Events are summed per entity and minute first; only those sums are then spread over
+        the longer buckets, so the shared entities (tenant, model, feature) cost one vector
+        addition per event instead of one per bucket size.
+        """
         by_hour: dict[int, list[str]] = defaultdict(list)
-        # (entity prefix, bucket size, bucket start) -> summed vector
-        sums: dict[tuple[str, int, int], list[int]] = {}
+        # (entity prefix, minute start, late) -> summed vector
+        minutes: dict[tuple[str, int, bool], list[int]] = {}
+        late_before_ms = (
+            now_ms - self._allowed_lateness_ms if self._allowed_lateness_ms is not None else None
+        )
         for it in items:
             ev = it.event
             by_hour[bucket_start_ms(ev.ts_ms, HOUR_S)].append(ev.event_id)
             vector = event_vector(it)
-            buckets = writable_buckets(ev.ts_ms, now_ms, self._allowed_lateness_ms)
-            if not buckets:
-                continue
-            tenant = ev.tenant_id
-            for scope in WINDOW_SCOPES:
-                entity = ev.entity(scope)
-                if entity is None:
-                    continue
-                prefix = entity_prefix(tenant, scope, entity)
-                for size_s, start_ms, _ in buckets:
-                    slot = (prefix, size_s, start_ms)
-                    total = sums.get(slot)
-                    if total is None:
-                        sums[slot] = vector.copy()
-                    else:
-                        for i in range(WIDTH):
-                            total[i] += vector[i]
+            minute_ms = bucket_start_ms(ev.ts_ms, MINUTE_S)
+            late = late_before_ms is not None and ev.ts_ms < late_before_ms
+            for prefix in entity_prefixes(ev):
+                slot = (prefix, minute_ms, late)
+                total = minutes.get(slot)
+                minutes[slot] = vector if total is None else _add(total, vector)
         rows: dict[str, list[list[int]]] = defaultdict(list)
+        sums: dict[tuple[str, int, int], list[int]] = {}
+        for (prefix, minute_ms, late), vector in minutes.items():
+            # A bucket start depends only on the minute: every size is a multiple of 60 s.
+            for size_s, start_ms, _ in writable_buckets(minute_ms, now_ms, None):
+                if late and size_s < HOUR_S:
+                    continue  # same rule as writable_buckets' allowed lateness
+                slot = (prefix, size_s, start_ms)
+                total = sums.get(slot)
+                sums[slot] = vector if total is None else _add(total, vector)
         for (prefix, size_s, start_ms), vector in sums.items():
             rows[prefix].append([size_s, start_ms, start_ms + _SPAN_MS[size_s], *vector])
         return orjson.dumps(
@@ -315,6 +322,27 @@ class WindowStore:
             for n, index in enumerate(by_owner[owner]):
                 out[index] = named_metrics(reply[n * WIDTH : (n + 1) * WIDTH])
         return out
+
+
+def entity_prefixes(event: UsageEvent) -> list[str]:
+    """Key prefixes of every entity the event belongs to, one per scope it names."""
+    tenant = event.tenant_id
+    tag = f"det:win:{{t:{tenant}}}:"
+    out = [f"det:win:{{t:{keys.GLOBAL_TENANT}}}:global:all:", f"{tag}tenant:{tenant}:"]
+    for scope, entity in (
+        ("user", event.user_id),
+        ("feature", event.feature),
+        ("model", event.model),
+        ("api_key", event.api_key_id),
+        ("session", event.session_id),
+    ):
+        if entity is not None:
+            out.append(f"{tag}{scope}:{entity}:")
+    return out
+
+
+def _add(a: list[int], b: list[int]) -> list[int]:
+    return [x + y for x, y in zip(a, b, strict=True)]
 
 
 def named_metrics(values: Sequence[int]) -> dict[str, float]:

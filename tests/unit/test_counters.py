@@ -12,6 +12,7 @@ from detector.windows.counters import (
     WIDTH,
     PricedEvent,
     entity_prefix,
+    entity_prefixes,
     event_vector,
     named_metrics,
     unpack_bucket,
@@ -137,3 +138,14 @@ def test_unpack_pads_a_short_value() -> None:
 def test_entity_prefix_puts_global_under_its_own_tag() -> None:
     assert entity_prefix("acme", Scope.global_, "all") == "det:win:{t:_global}:global:all:"
     assert entity_prefix("acme", Scope.session, "s:1") == "det:win:{t:acme}:session:s:1:"
+
+
+def test_entity_prefixes_match_entity_prefix_for_every_scope() -> None:
+    event = make_event(user_id="u", feature="f", api_key_id="k", session_id="s")
+    expected = [
+        entity_prefix("t1", scope, entity)
+        for scope in Scope
+        if (entity := event.entity(scope)) is not None
+    ]
+    assert sorted(entity_prefixes(event)) == sorted(expected)
+    assert len(entity_prefixes(make_event())) == 3  # global, tenant, model

@@ -1,0 +1,476 @@
+"""How fast the worker counts a realistic mix, and what each active user costs in Redis.
+
+    /tmp/probe-venv/bin/python benches/bench_windows.py [--events 100000] [--users 100000]
+        [--profile]
+
+Cases, one line each:
+- worker_vs_bare_consumer: N events of a realistic mix (workloads.Mix: 1,000 tenants, 100,000
+  users, 20 features, 10 priced models, heavy-tailed tokens, timestamps in the last 10 minutes)
+  on a fresh topic, read by a bare aiokafka consumer (`getmany` + `orjson.loads`, nothing else;
+  base) and by detector.worker.EventsConsumer, the real hot path (cand). Each is timed from the
+  first batch in hand to the last event counted; ratio = cand_eps / base_eps, below 1.
+- memory_per_user: U users in T tenants, a few events each over the last day, applied with
+  WindowStore.apply_batch (batches of 2000 from one partition each, as the worker sees them);
+  Redis `used_memory` before and after over U, then one line per key kind from `MEMORY USAGE`
+  on a sample of keys of that kind. Dedup sets are per event, so theirs is bytes per event.
+- --profile: cProfile of handle_batch over the first --profile-events events (top 15 by
+  tottime), and the `INFO commandstats` and Redis CPU deltas of an unprofiled run of the same.
+
+Needs `scripts/services up`. Uses Redis database 13 only (flushed before and after each case)
+and topics named benchw-<uuid>.*, deleted at the end. Memory and command figures come from the
+whole Redis server, so another client working on another database at the same time shows up
+in them; the sampled per-kind sizes do not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import cProfile
+import io
+import logging
+import pstats
+import random
+import re
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+import workloads
+from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient
+from redis.asyncio import Redis
+
+import detector.worker as worker_module
+from detector import keys
+from detector.config import Settings
+from detector.decisions.store import DecisionStore
+from detector.errors import ConfigError
+from detector.ingest.decode import decode_event
+from detector.pipeline import BatchResult, Deps, RawMessage, handle_batch
+from detector.pricing import PriceTable, price_event
+from detector.rules.holder import RulesHolder
+from detector.schemas import Scope
+from detector.sinks.kafka import KafkaSink
+from detector.startup import check_kafka, check_redis, ensure_topics
+from detector.windows.buckets import MAX_RETENTION_S
+from detector.windows.counters import PricedEvent, WindowStore
+from detector.worker import EventsConsumer, now_ms
+
+log = logging.getLogger("bench_windows")
+
+REPO = Path(__file__).resolve().parent.parent
+REDIS_DB = 13
+BATCH_EVENTS = 2000
+SAMPLE_KEYS = 200  # MEMORY USAGE calls per key kind
+COMMANDS = ("evalsha", "get", "set", "mget", "sadd", "smismember", "pexpireat")
+MB = 1024 * 1024
+_WIN_KEY = re.compile(rb"^det:win:\{t:[^}]*\}:([a-z_]+):.*:(\d+):\d+$")
+
+
+@dataclass
+class Span:
+    """Events seen by a consumer, from the first batch in hand to the last one done."""
+
+    first_s: float | None = None
+    last_s: float = 0.0
+    counted: int = 0
+    results: list[BatchResult] = field(default_factory=list)
+
+    def seconds(self) -> float:
+        return self.last_s - self.first_s if self.first_s is not None else 0.0
+
+    def eps(self) -> float:
+        return self.counted / self.seconds() if self.seconds() > 0 else 0.0
+
+
+async def wait_for(span: Span, n: int, timeout_s: float, task: asyncio.Task[None]) -> None:
+    deadline = time.perf_counter() + timeout_s
+    while span.counted < n and time.perf_counter() < deadline:
+        if task.done():
+            task.result()  # the consumer died: raise its error rather than time out
+            raise RuntimeError("consumer returned before every event was counted")
+        await asyncio.sleep(0.01)
+    if span.counted < n:
+        log.warning("only %d of %d events counted after %.0fs", span.counted, n, timeout_s)
+
+
+async def cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def consume_bare(settings: Settings, n: int, timeout_s: float) -> Span:
+    """aiokafka getmany + orjson.loads per value, nothing else: the consumer's own ceiling."""
+    span = Span()
+    consumer = AIOKafkaConsumer(
+        settings.topic(keys.TOPIC_EVENTS),
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=f"{settings.consumer_group}.bare",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=settings.batch_max_events,
+        fetch_max_bytes=16 * 1024 * 1024,
+    )
+
+    async def loop() -> None:
+        while True:
+            polled = await consumer.getmany(
+                timeout_ms=settings.batch_max_wait_ms, max_records=settings.batch_max_events
+            )
+            if not polled:
+                continue
+            if span.first_s is None:
+                span.first_s = time.perf_counter()
+            for batch in polled.values():
+                for record in batch:
+                    orjson.loads(record.value)
+                span.counted += len(batch)
+            span.last_s = time.perf_counter()
+
+    await consumer.start()
+    task = asyncio.create_task(loop())
+    try:
+        await wait_for(span, n, timeout_s, task)
+    finally:
+        await cancel(task)
+        await consumer.stop()
+    return span
+
+
+async def consume_worker(
+    settings: Settings, rules: RulesHolder, prices: PriceTable, n: int, timeout_s: float
+) -> Span:
+    """EventsConsumer.run() with its handle_batch wrapped to time the first and last batch."""
+    span = Span()
+
+    async def timed(messages: Sequence[RawMessage], deps: Deps, at_ms: int) -> BatchResult:
+        if span.first_s is None:
+            span.first_s = time.perf_counter()
+        result = await handle_batch(messages, deps, at_ms)
+        span.counted += result.applied + result.duplicates + len(result.dead_letters)
+        span.results.append(result)
+        span.last_s = time.perf_counter()
+        return result
+
+    worker_module.handle_batch = timed  # the worker looks the name up at each call
+    task = asyncio.create_task(EventsConsumer(settings, rules, prices).run())
+    try:
+        await wait_for(span, n, timeout_s, task)
+    finally:
+        await cancel(task)
+        worker_module.handle_batch = handle_batch
+    return span
+
+
+async def global_requests(windows: WindowStore) -> int:
+    [sums] = await windows.read_windows(
+        [(keys.GLOBAL_TENANT, Scope.global_, "all", "1d")], now_ms()
+    )
+    return int(sums["requests"])
+
+
+async def case_worker(
+    settings: Settings,
+    redis: Redis,
+    rules: RulesHolder,
+    messages: Sequence[workloads.Message],
+    timeout_s: float,
+) -> str:
+    n = len(messages)
+    await redis.flushdb()
+    base = await consume_bare(settings, n, timeout_s)
+    cand = await consume_worker(settings, rules, PriceTable.load(), n, timeout_s)
+    counted = await global_requests(WindowStore(redis, settings.dedup_horizon_s))
+    await redis.flushdb()
+    ratio = cand.eps() / base.eps() if base.eps() > 0 else 0.0
+    fields = {
+        "case": "worker_vs_bare_consumer",
+        "n": str(n),
+        "base_s": f"{base.seconds():.3f}",
+        "cand_s": f"{cand.seconds():.3f}",
+        "ratio": f"{ratio:.4f}",
+        "base_eps": f"{base.eps():.0f}",
+        "cand_eps": f"{cand.eps():.0f}",
+        "cand_batches": str(len(cand.results)),
+        "cand_us_per_event": f"{cand.seconds() / max(cand.counted, 1) * 1e6:.0f}",
+        "counted_1d": str(counted),
+        "duplicates": str(sum(r.duplicates for r in cand.results)),
+        "dead_letters": str(sum(len(r.dead_letters) for r in cand.results)),
+        "decisions": str(sum(len(r.decisions) for r in cand.results)),
+        "alerts": str(sum(len(r.alerts) for r in cand.results)),
+    }
+    return " ".join(f"{k}={v}" for k, v in fields.items())
+
+
+def priced(
+    settings: Settings, messages: Sequence[workloads.Message], at_ms: int
+) -> list[PricedEvent]:
+    prices = PriceTable.load()
+    out = []
+    for _key, raw in messages:
+        event = decode_event(raw, at_ms, settings.max_future_skew_s, MAX_RETENTION_S)
+        out.append(PricedEvent(event, price_event(event, prices)))
+    return out
+
+
+def key_kind(key: bytes) -> tuple[str, int]:
+    """(kind, bucket size in s) of one of our keys; size 0 for keys that are not buckets."""
+    if key.startswith(b"det:seen:"):
+        return "seen", 0
+    found = _WIN_KEY.match(key)
+    if found:
+        return found.group(1).decode(), int(found.group(2))
+    return key.split(b":", 2)[1].decode() if key.count(b":") else "other", 0
+
+
+@dataclass
+class KindStats:
+    keys: int = 0
+    sizes: Counter[int] = field(default_factory=Counter)
+    sample: list[bytes] = field(default_factory=list)
+
+
+async def scan_kinds(redis: Redis, rng: random.Random) -> dict[str, KindStats]:
+    """Every key of the database by kind, with a uniform sample of SAMPLE_KEYS per kind."""
+    kinds: dict[str, KindStats] = defaultdict(KindStats)
+    async for key in redis.scan_iter(count=10_000):
+        kind, size_s = key_kind(key)
+        stats = kinds[kind]
+        stats.keys += 1
+        stats.sizes[size_s] += 1
+        if len(stats.sample) < SAMPLE_KEYS:
+            stats.sample.append(key)
+        else:  # reservoir sampling: SCAN order follows the hash table, not key names
+            slot = rng.randrange(stats.keys)
+            if slot < SAMPLE_KEYS:
+                stats.sample[slot] = key
+    return kinds
+
+
+async def memory_usage(redis: Redis, sample: Sequence[bytes]) -> float:
+    """Mean `MEMORY USAGE key SAMPLES 0` (exact, every element counted) over the sample."""
+    pipe = redis.pipeline(transaction=False)
+    for key in sample:
+        pipe.execute_command("MEMORY USAGE", key, "SAMPLES", 0)
+    sizes = [int(s) for s in await pipe.execute() if s is not None]
+    return sum(sizes) / len(sizes) if sizes else 0.0
+
+
+async def used_memory(redis: Redis) -> int:
+    return int((await redis.info("memory"))["used_memory"])
+
+
+async def case_memory(
+    settings: Settings, redis: Redis, users: int, tenants: int, per_user: int, seed: int
+) -> list[str]:
+    mix = workloads.Mix(seed=seed, tenants=tenants, users=users)
+    events = workloads.load_user_events(mix, per_user)
+    at_ms = now_ms()
+    items = priced(settings, workloads.to_messages(events, at_ms), at_ms)
+    by_id = {it.event.event_id: it for it in items}
+    order = workloads.partition_batches(
+        [(it.event.tenant_id.encode(), it.event.event_id.encode()) for it in items],
+        settings.topic_partitions,
+        BATCH_EVENTS,
+    )
+    batches = [[by_id[event_id.decode()] for _, event_id in batch] for batch in order]
+    windows = WindowStore(redis, settings.dedup_horizon_s, settings.allowed_lateness_s)
+
+    await redis.flushdb()
+    before = await used_memory(redis)
+    t0 = time.perf_counter()
+    applied = 0
+    for batch in batches:
+        applied += len((await windows.apply_batch(batch, at_ms)).applied)
+    apply_s = time.perf_counter() - t0
+    after = await used_memory(redis)
+    kinds = await scan_kinds(redis, random.Random(seed))
+    total_keys = sum(k.keys for k in kinds.values())
+    lines = [
+        " ".join(
+            [
+                "case=memory_per_user",
+                f"users={users}",
+                f"tenants={tenants}",
+                f"events={applied}",
+                f"bytes_per_user={(after - before) / users:.0f}",
+                f"used_mb={(after - before) / MB:.1f}",
+                f"keys={total_keys}",
+                f"keys_per_user={total_keys / users:.1f}",
+                f"apply_s={apply_s:.3f}",
+                f"apply_eps={applied / apply_s:.0f}",
+            ]
+        )
+    ]
+    for kind, stats in sorted(kinds.items(), key=lambda kv: -kv[1].keys):
+        per_key = await memory_usage(redis, stats.sample)
+        total_b = per_key * stats.keys
+        per = (
+            f"bytes_per_event={total_b / applied:.1f}"
+            if kind == "seen"
+            else (f"bytes_per_user={total_b / users:.1f}")
+        )
+        sizes = ",".join(f"{s}:{c}" for s, c in sorted(stats.sizes.items()) if s)
+        lines.append(
+            f"case=memory_per_user kind={kind} keys={stats.keys} bytes_per_key={per_key:.0f} "
+            f"est_mb={total_b / MB:.1f} {per}" + (f" by_bucket_s={sizes}" if sizes else "")
+        )
+    await redis.flushdb()
+    return lines
+
+
+async def command_stats(redis: Redis) -> dict[str, tuple[int, int]]:
+    """(calls, usec) of each command in COMMANDS, server-wide."""
+    info = await redis.info("commandstats")
+    out = {}
+    for name in COMMANDS:
+        stat = info.get(f"cmdstat_{name}", {})
+        out[name] = (int(stat.get("calls", 0)), int(stat.get("usec", 0)))
+    return out
+
+
+async def redis_cpu_s(redis: Redis) -> float:
+    info = await redis.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+async def run_batches(deps: Deps, batches: Sequence[Sequence[RawMessage]]) -> int:
+    counted = 0
+    for batch in batches:
+        counted += (await handle_batch(batch, deps, now_ms())).applied
+    return counted
+
+
+async def profile_section(
+    settings: Settings, redis: Redis, rules: RulesHolder, messages: Sequence[workloads.Message]
+) -> list[str]:
+    """An unprofiled run for wall, CPU and Redis figures, then a cProfile'd run for the top 15."""
+    batches = workloads.partition_batches(messages, settings.topic_partitions, BATCH_EVENTS)
+    kafka = KafkaSink(settings)
+    await kafka.start()
+    try:
+        windows = WindowStore(redis, settings.dedup_horizon_s, settings.allowed_lateness_s)
+        deps = Deps(settings, rules, PriceTable.load(), windows, DecisionStore(redis), kafka)
+        await redis.flushdb()
+        stats0, cpu0 = await command_stats(redis), await redis_cpu_s(redis)
+        wall0, py0 = time.perf_counter(), time.process_time()
+        n = await run_batches(deps, batches)
+        wall_s, py_s = time.perf_counter() - wall0, time.process_time() - py0
+        stats1, cpu1 = await command_stats(redis), await redis_cpu_s(redis)
+
+        await redis.flushdb()
+        profiler = cProfile.Profile()
+        profiler.enable()
+        await run_batches(deps, batches)
+        profiler.disable()
+    finally:
+        await kafka.close()
+        await redis.flushdb()
+
+    per = 1e6 / max(n, 1)
+    script_us = (stats1["evalsha"][1] - stats0["evalsha"][1]) * per / 1e6
+    lines = [
+        f"profile events={n} batches={len(batches)} wall_us_per_event={wall_s * per:.1f} "
+        f"py_cpu_us_per_event={py_s * per:.1f} redis_cpu_us_per_event={(cpu1 - cpu0) * per:.1f} "
+        f"evalsha_us_per_event={script_us:.1f}"
+    ]
+    for name in COMMANDS:
+        calls = stats1[name][0] - stats0[name][0]
+        usec = stats1[name][1] - stats0[name][1]
+        lines.append(
+            f"profile command={name} calls={calls} calls_per_event={calls / max(n, 1):.2f} "
+            f"usec_per_call={usec / max(calls, 1):.2f} usec_per_event={usec / max(n, 1):.1f}"
+        )
+    out = io.StringIO()
+    pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(15)
+    lines.append(out.getvalue().rstrip())
+    return lines
+
+
+async def delete_run_topics(settings: Settings, prefix: str) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        topics = [t for t in await admin.list_topics() if t.startswith(prefix)]
+        if topics:
+            await admin.delete_topics(topics)
+    finally:
+        await admin.close()
+
+
+async def main(args: argparse.Namespace) -> int:
+    redis_url = f"redis://{args.redis}/{REDIS_DB}"
+    prefix = f"benchw-{uuid.uuid4().hex[:8]}"
+    with tempfile.TemporaryDirectory(prefix="bench-windows-") as data_dir:
+        settings = Settings(
+            kafka_bootstrap=args.kafka,
+            redis_url=redis_url,
+            rules=REPO / "rules.yaml",
+            topic_prefix=f"{prefix}.",
+            consumer_group=prefix,
+            data_dir=Path(data_dir),
+            log_level="WARNING",
+        )
+        try:
+            await check_redis(settings)
+            await check_kafka(settings)
+        except ConfigError as exc:
+            print(f"bench_windows: {exc}", file=sys.stderr)
+            return 1
+        rules = RulesHolder(settings.rules)
+        mix = workloads.Mix(seed=args.seed, tenants=args.tenants, users=args.mix_users)
+        events = workloads.load_mix_events(mix, args.events)
+        redis = Redis.from_url(settings.redis_url)
+        profile: list[str] = []
+        try:
+            await ensure_topics(settings)
+            # Shifted just before producing so that every event is within the last 10 minutes.
+            messages = workloads.to_messages(events, now_ms())
+            await workloads.produce(
+                settings.kafka_bootstrap, settings.topic(keys.TOPIC_EVENTS), messages
+            )
+            print(await case_worker(settings, redis, rules, messages, args.timeout_s), flush=True)
+            for line in await case_memory(
+                settings, redis, args.users, args.tenants, args.events_per_user, args.seed
+            ):
+                print(line, flush=True)
+            if args.profile:
+                subset = workloads.to_messages(events[: args.profile_events], now_ms())
+                profile = await profile_section(settings, redis, rules, subset)
+        finally:
+            await redis.flushdb()
+            await redis.aclose()
+            await delete_run_topics(settings, prefix)
+    for line in profile:
+        print(line, flush=True)
+    return 0
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--events", type=int, default=100_000, help="events in case 1")
+    parser.add_argument("--mix-users", type=int, default=100_000, help="users in case 1's mix")
+    parser.add_argument("--users", type=int, default=100_000, help="active users in case 2")
+    parser.add_argument("--tenants", type=int, default=1000, help="tenants in both cases")
+    parser.add_argument("--events-per-user", type=int, default=3, help="events per user, case 2")
+    parser.add_argument("--profile", action="store_true", help="add the profile section")
+    parser.add_argument("--profile-events", type=int, default=20_000)
+    parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--timeout-s", type=float, default=300.0, help="per consumer in case 1")
+    parser.add_argument("--kafka", default="127.0.0.1:9092")
+    parser.add_argument("--redis", default="127.0.0.1:6379", help=f"host:port; db {REDIS_DB}")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    sys.exit(asyncio.run(main(parse_args())))
