@@ -31,6 +31,7 @@ from detector.schemas import Scope, UsageEvent
 from detector.windows.buckets import (
     BUCKET_SIZES,
     HOUR_S,
+    LATE_MIN_BUCKET_S,
     MINUTE_S,
     bucket_start_ms,
     window_buckets,
@@ -280,11 +281,11 @@ class WindowStore:
         for (prefix, minute_ms, late), vector in minutes.items():
             # A bucket start depends only on the minute: every size is a multiple of 60 s.
             for size_s, start_ms, _ in writable_buckets(minute_ms, now_ms, None):
-                if late and size_s < HOUR_S:
+                if late and size_s < LATE_MIN_BUCKET_S:
                     continue  # same rule as writable_buckets' allowed lateness
-                slot = (prefix, size_s, start_ms)
-                total = sums.get(slot)
-                sums[slot] = vector if total is None else _add(total, vector)
+                bucket = (prefix, size_s, start_ms)
+                total = sums.get(bucket)
+                sums[bucket] = vector if total is None else _add(total, vector)
         for (prefix, size_s, start_ms), vector in sums.items():
             rows[prefix].append([size_s, start_ms, start_ms + _SPAN_MS[size_s], *vector])
         return orjson.dumps(
