@@ -13,8 +13,12 @@ Cases, one line each:
   WindowStore.apply_batch (batches of 2000 from one partition each, as the worker sees them);
   Redis `used_memory` before and after over U, then one line per key kind from `MEMORY USAGE`
   on a sample of keys of that kind. Dedup sets are per event, so theirs is bytes per event.
-- --profile: cProfile of handle_batch over the first --profile-events events (top 15 by
-  tottime), and the `INFO commandstats` and Redis CPU deltas of an unprofiled run of the same.
+- --profile (printed after the cases): handle_batch in-process over the first --profile-events
+  events of the mix, in batches of 2000 from one partition each. An unprofiled run gives wall
+  time, this process's CPU time, Redis's CPU time and `INFO commandstats` deltas per event, and
+  wall and Lua script time split between WindowStore.apply_batch, WindowStore.read_windows and
+  the rest (decode, price, rules, decisions, Kafka outputs); a second run under cProfile gives
+  the top 15 functions by tottime.
 
 Needs `scripts/services up`. Uses Redis database 13 only (flushed before and after each case)
 and topics named benchw-<uuid>.*, deleted at the end. Memory and command figures come from the
@@ -41,27 +45,27 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import orjson
 import workloads
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient
 from redis.asyncio import Redis
 
-import detector.worker as worker_module
 from detector import keys
 from detector.config import Settings
 from detector.decisions.store import DecisionStore
 from detector.errors import ConfigError
 from detector.ingest.decode import decode_event
-from detector.pipeline import BatchResult, Deps, RawMessage, handle_batch
+from detector.pipeline import Deps, RawMessage, handle_batch
 from detector.pricing import PriceTable, price_event
 from detector.rules.holder import RulesHolder
 from detector.schemas import Scope
 from detector.sinks.kafka import KafkaSink
 from detector.startup import check_kafka, check_redis, ensure_topics
 from detector.windows.buckets import MAX_RETENTION_S
-from detector.windows.counters import PricedEvent, WindowStore
+from detector.windows.counters import ApplyResult, PricedEvent, WindowStore
 from detector.worker import EventsConsumer, now_ms
 
 log = logging.getLogger("bench_windows")
@@ -72,6 +76,7 @@ BATCH_EVENTS = 2000
 SAMPLE_KEYS = 200  # MEMORY USAGE calls per key kind
 COMMANDS = ("evalsha", "get", "set", "mget", "sadd", "smismember", "pexpireat")
 MB = 1024 * 1024
+GOAL_RATIO, GOAL_EPS = 0.15, 40_000  # the issue's target for the worker against the bare consumer
 _WIN_KEY = re.compile(rb"^det:win:\{t:[^}]*\}:([a-z_]+):.*:(\d+):\d+$")
 
 
@@ -82,7 +87,6 @@ class Span:
     first_s: float | None = None
     last_s: float = 0.0
     counted: int = 0
-    results: list[BatchResult] = field(default_factory=list)
 
     def seconds(self) -> float:
         return self.last_s - self.first_s if self.first_s is not None else 0.0
@@ -146,29 +150,38 @@ async def consume_bare(settings: Settings, n: int, timeout_s: float) -> Span:
     return span
 
 
+class TimedConsumer(EventsConsumer):
+    """EventsConsumer that notes when its first batch started and its latest one finished."""
+
+    def __init__(
+        self, settings: Settings, rules: RulesHolder, prices: PriceTable, span: Span
+    ) -> None:
+        super().__init__(settings, rules, prices)
+        self.span = span
+
+    async def _process(self, records: Sequence[ConsumerRecord[Any, Any]], deps: Deps) -> None:
+        if self.span.first_s is None:
+            self.span.first_s = time.perf_counter()
+        await super()._process(records, deps)
+        self.span.counted += len(records)
+        self.span.last_s = time.perf_counter()
+
+
 async def consume_worker(
     settings: Settings, rules: RulesHolder, prices: PriceTable, n: int, timeout_s: float
 ) -> Span:
-    """EventsConsumer.run() with its handle_batch wrapped to time the first and last batch."""
+    """The real worker hot path (decode, price, dedup, windows, rules, decisions, outputs)."""
     span = Span()
-
-    async def timed(messages: Sequence[RawMessage], deps: Deps, at_ms: int) -> BatchResult:
-        if span.first_s is None:
-            span.first_s = time.perf_counter()
-        result = await handle_batch(messages, deps, at_ms)
-        span.counted += result.applied + result.duplicates + len(result.dead_letters)
-        span.results.append(result)
-        span.last_s = time.perf_counter()
-        return result
-
-    worker_module.handle_batch = timed  # the worker looks the name up at each call
-    task = asyncio.create_task(EventsConsumer(settings, rules, prices).run())
+    task = asyncio.create_task(TimedConsumer(settings, rules, prices, span).run())
     try:
         await wait_for(span, n, timeout_s, task)
     finally:
         await cancel(task)
-        worker_module.handle_batch = handle_batch
     return span
+
+
+async def count_keys(redis: Redis, pattern: str) -> int:
+    return sum([1 async for _ in redis.scan_iter(match=pattern, count=10_000)])
 
 
 async def global_requests(windows: WindowStore) -> int:
@@ -190,6 +203,8 @@ async def case_worker(
     base = await consume_bare(settings, n, timeout_s)
     cand = await consume_worker(settings, rules, PriceTable.load(), n, timeout_s)
     counted = await global_requests(WindowStore(redis, settings.dedup_horizon_s))
+    decisions = await count_keys(redis, "det:dec:*")
+    cooldowns = await count_keys(redis, "det:cool:*")
     await redis.flushdb()
     ratio = cand.eps() / base.eps() if base.eps() > 0 else 0.0
     fields = {
@@ -197,16 +212,14 @@ async def case_worker(
         "n": str(n),
         "base_s": f"{base.seconds():.3f}",
         "cand_s": f"{cand.seconds():.3f}",
-        "ratio": f"{ratio:.4f}",
+        "ratio": f"{ratio:.4f}x",
         "base_eps": f"{base.eps():.0f}",
         "cand_eps": f"{cand.eps():.0f}",
-        "cand_batches": str(len(cand.results)),
         "cand_us_per_event": f"{cand.seconds() / max(cand.counted, 1) * 1e6:.0f}",
         "counted_1d": str(counted),
-        "duplicates": str(sum(r.duplicates for r in cand.results)),
-        "dead_letters": str(sum(len(r.dead_letters) for r in cand.results)),
-        "decisions": str(sum(len(r.decisions) for r in cand.results)),
-        "alerts": str(sum(len(r.alerts) for r in cand.results)),
+        "decisions": str(decisions),
+        "alert_cooldowns": str(cooldowns),
+        "goal_met": "yes" if ratio >= GOAL_RATIO and cand.eps() >= GOAL_EPS else "no",
     }
     return " ".join(f"{k}={v}" for k, v in fields.items())
 
@@ -302,6 +315,7 @@ async def case_memory(
                 f"users={users}",
                 f"tenants={tenants}",
                 f"events={applied}",
+                f"events_per_user={per_user}",
                 f"bytes_per_user={(after - before) / users:.0f}",
                 f"used_mb={(after - before) / MB:.1f}",
                 f"keys={total_keys}",
@@ -343,6 +357,37 @@ async def redis_cpu_s(redis: Redis) -> float:
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
+class StagedWindowStore(WindowStore):
+    """A WindowStore that adds up, per method, the wall time and the Redis script time."""
+
+    def __init__(self, redis: Redis, dedup_horizon_s: int, allowed_lateness_s: int) -> None:
+        super().__init__(redis, dedup_horizon_s, allowed_lateness_s)
+        self.info = redis
+        self.wall_s: defaultdict[str, float] = defaultdict(float)
+        self.script_us: defaultdict[str, int] = defaultdict(int)
+
+    async def _begin(self) -> tuple[int, float]:
+        return (await command_stats(self.info))["evalsha"][1], time.perf_counter()
+
+    async def _end(self, stage: str, begun: tuple[int, float]) -> None:
+        self.wall_s[stage] += time.perf_counter() - begun[1]
+        self.script_us[stage] += (await command_stats(self.info))["evalsha"][1] - begun[0]
+
+    async def apply_batch(self, batch: Sequence[PricedEvent], now_ms: int) -> ApplyResult:
+        begun = await self._begin()
+        result = await super().apply_batch(batch, now_ms)
+        await self._end("apply_batch", begun)
+        return result
+
+    async def read_windows(
+        self, requests: Sequence[tuple[str, Scope, str, str]], now_ms: int
+    ) -> list[dict[str, float]]:
+        begun = await self._begin()
+        result = await super().read_windows(requests, now_ms)
+        await self._end("read_windows", begun)
+        return result
+
+
 async def run_batches(deps: Deps, batches: Sequence[Sequence[RawMessage]]) -> int:
     counted = 0
     for batch in batches:
@@ -358,8 +403,9 @@ async def profile_section(
     kafka = KafkaSink(settings)
     await kafka.start()
     try:
-        windows = WindowStore(redis, settings.dedup_horizon_s, settings.allowed_lateness_s)
-        deps = Deps(settings, rules, PriceTable.load(), windows, DecisionStore(redis), kafka)
+        prices = PriceTable.load()
+        staged = StagedWindowStore(redis, settings.dedup_horizon_s, settings.allowed_lateness_s)
+        deps = Deps(settings, rules, prices, staged, DecisionStore(redis), kafka)
         await redis.flushdb()
         stats0, cpu0 = await command_stats(redis), await redis_cpu_s(redis)
         wall0, py0 = time.perf_counter(), time.process_time()
@@ -368,6 +414,8 @@ async def profile_section(
         stats1, cpu1 = await command_stats(redis), await redis_cpu_s(redis)
 
         await redis.flushdb()
+        windows = WindowStore(redis, settings.dedup_horizon_s, settings.allowed_lateness_s)
+        deps = Deps(settings, rules, prices, windows, DecisionStore(redis), kafka)
         profiler = cProfile.Profile()
         profiler.enable()
         await run_batches(deps, batches)
@@ -383,6 +431,15 @@ async def profile_section(
         f"py_cpu_us_per_event={py_s * per:.1f} redis_cpu_us_per_event={(cpu1 - cpu0) * per:.1f} "
         f"evalsha_us_per_event={script_us:.1f}"
     ]
+    for stage in ("apply_batch", "read_windows"):
+        stage_wall_us = staged.wall_s[stage] * 1e6
+        lines.append(
+            f"profile stage={stage} wall_us_per_event={stage_wall_us / max(n, 1):.1f} "
+            f"redis_script_us_per_event={staged.script_us[stage] / max(n, 1):.1f} "
+            f"client_us_per_event={(stage_wall_us - staged.script_us[stage]) / max(n, 1):.1f}"
+        )
+    rest_us = wall_s * 1e6 - sum(staged.wall_s.values()) * 1e6
+    lines.append(f"profile stage=rest wall_us_per_event={rest_us / max(n, 1):.1f}")
     for name in COMMANDS:
         calls = stats1[name][0] - stats0[name][0]
         usec = stats1[name][1] - stats0[name][1]
@@ -391,7 +448,7 @@ async def profile_section(
             f"usec_per_call={usec / max(calls, 1):.2f} usec_per_event={usec / max(n, 1):.1f}"
         )
     out = io.StringIO()
-    pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(15)
+    pstats.Stats(profiler, stream=out).strip_dirs().sort_stats("tottime").print_stats(15)
     lines.append(out.getvalue().rstrip())
     return lines
 

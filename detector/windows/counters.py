@@ -72,7 +72,8 @@ local function int(v) return string.format('%d', v) end
 
 # KEYS[1]: the tenant's dedup prefix (declares the tenant's cluster slot).
 # ARGV[1]: JSON {"x": dedup expiry ms, "s": [[hour ms, [ids...]], ...],
-#                "w": [[key prefix, [[size s, start ms, expiry ms, v1..vN], ...]], ...]}
+#                "k": [bucket key, ...], "p": [bucket expiry ms as text, ...]}
+# ARGV[2]: the deltas of those buckets, packed one after another in the bucket layout.
 _APPLY_LUA = (
     _LUA_COMMON
     + """
@@ -98,45 +99,38 @@ for _, group in ipairs(p.s) do
   end
   redis.call('PEXPIREAT', key, int(p.x))
 end
-for _, row in ipairs(p.w) do
-  local prefix = row[1]
-  for _, b in ipairs(row[2]) do
-    local key = prefix .. int(b[1]) .. ':' .. int(b[2])
-    local packed = redis.call('GET', key)
-    local values
-    if packed then
-      if #packed < WIDTH * 8 then packed = packed .. string.rep('\0', WIDTH * 8 - #packed) end
-      values = {struct.unpack(FORMAT, packed)}
-      for f = 1, WIDTH do values[f] = values[f] + b[3 + f] end
-    else
-      values = {}
-      for f = 1, WIDTH do values[f] = b[3 + f] end
-    end
-    redis.call('SET', key, struct.pack(FORMAT, unpack(values, 1, WIDTH)), 'PXAT', int(b[3]))
+local deltas = ARGV[2]
+local pos = 1
+local expiries = p.p
+for i, key in ipairs(p.k) do
+  local values = {struct.unpack(FORMAT, deltas, pos)}
+  pos = values[WIDTH + 1]
+  local packed = redis.call('GET', key)
+  if packed then
+    if #packed < WIDTH * 8 then packed = packed .. string.rep('\\0', WIDTH * 8 - #packed) end
+    local current = {struct.unpack(FORMAT, packed)}
+    for f = 1, WIDTH do values[f] = values[f] + current[f] end
   end
+  redis.call('SET', key, struct.pack(FORMAT, unpack(values, 1, WIDTH)), 'PXAT', expiries[i])
 end
 return dups
 """
 )
 
-# ARGV[1]: JSON [[key prefix, size s, first start ms, bucket count], ...]
+# ARGV[1]: JSON [[bucket key, ...], ...], one list per requested window.
 # Returns the WIDTH sums of each requested window, one after another.
 _SUM_LUA = (
     _LUA_COMMON
     + """
 local out = {}
-for _, r in ipairs(cjson.decode(ARGV[1])) do
+local zeros = string.rep('\\0', WIDTH * 8)
+for _, names in ipairs(cjson.decode(ARGV[1])) do
   local sums = {}
   for f = 1, WIDTH do sums[f] = 0 end
-  local size_ms = r[2] * 1000
-  local names = {}
-  for b = 0, r[4] - 1 do
-    names[#names + 1] = r[1] .. int(r[2]) .. ':' .. int(r[3] + b * size_ms)
-  end
   for _, packed in ipairs(redis.call('MGET', unpack(names))) do
     if packed then
-      -- BITFIELD only grows a value as far as the last counter it touched.
-      if #packed < WIDTH * 8 then packed = packed .. string.rep('\0', WIDTH * 8 - #packed) end
+      -- A value shorter than the layout (written by an older layout) reads as zeros after it.
+      if #packed < WIDTH * 8 then packed = packed .. string.sub(zeros, #packed + 1) end
       local values = {struct.unpack(FORMAT, packed)}
       for f = 1, WIDTH do sums[f] = sums[f] + values[f] end
     end
@@ -236,8 +230,8 @@ class WindowStore:
             tenants = list(todo)
             pipe = self._redis.pipeline(transaction=False)
             for tenant in tenants:
-                payload = self._payload(todo[tenant], now_ms)
-                await self._apply(keys=[dedup_prefix(tenant)], args=[payload], client=pipe)
+                payload, deltas = self._payload(todo[tenant], now_ms)
+                await self._apply(keys=[dedup_prefix(tenant)], args=[payload, deltas], client=pipe)
             replies = await pipe.execute()
             retry: dict[str, list[PricedEvent]] = {}
             for tenant, reply in zip(tenants, replies, strict=True):
@@ -253,8 +247,9 @@ class WindowStore:
             todo = retry
         return ApplyResult(applied, duplicates, touched_entities(applied))
 
-    def _payload(self, items: Sequence[PricedEvent], now_ms: int) -> bytes:
-        """The Lua call's JSON: dedup groups by hour, and summed vectors per bucket key.
+    def _payload(self, items: Sequence[PricedEvent], now_ms: int) -> tuple[bytes, bytes]:
+        """The Lua call's arguments: JSON (dedup groups by hour, bucket keys and expiries)
+        and the buckets' summed vectors, packed.
 
         Events are summed per entity and minute first; only those sums are then spread over
         the longer buckets, so the shared entities (tenant, model, feature) cost one vector
@@ -276,7 +271,6 @@ class WindowStore:
                 slot = (prefix, minute_ms, late)
                 total = minutes.get(slot)
                 minutes[slot] = vector if total is None else _add(total, vector)
-        rows: dict[str, list[list[int]]] = defaultdict(list)
         sums: dict[tuple[str, int, int], list[int]] = {}
         for (prefix, minute_ms, late), vector in minutes.items():
             # A bucket start depends only on the minute: every size is a multiple of 60 s.
@@ -286,15 +280,18 @@ class WindowStore:
                 bucket = (prefix, size_s, start_ms)
                 total = sums.get(bucket)
                 sums[bucket] = vector if total is None else _add(total, vector)
+        bucket_keys, expiries, deltas = [], [], bytearray()
         for (prefix, size_s, start_ms), vector in sums.items():
-            rows[prefix].append([size_s, start_ms, start_ms + _SPAN_MS[size_s], *vector])
-        return orjson.dumps(
-            {
-                "x": now_ms + self._dedup_horizon_ms,
-                "s": [[hour, ids] for hour, ids in by_hour.items()],
-                "w": [[prefix, buckets] for prefix, buckets in rows.items()],
-            }
-        )
+            bucket_keys.append(f"{prefix}{size_s}:{start_ms}")
+            expiries.append(str(start_ms + _SPAN_MS[size_s]))
+            deltas += _PACKED.pack(*vector)
+        payload = {
+            "x": now_ms + self._dedup_horizon_ms,
+            "s": [[hour, ids] for hour, ids in by_hour.items()],
+            "k": bucket_keys,
+            "p": expiries,
+        }
+        return orjson.dumps(payload), bytes(deltas)
 
     async def read_windows(
         self, requests: Sequence[tuple[str, Scope, str, str]], now_ms: int
@@ -314,7 +311,8 @@ class WindowStore:
             for index in by_owner[owner]:
                 tenant, scope, entity, window = requests[index]
                 size_s, starts = window_buckets(window, now_ms)
-                asks.append([entity_prefix(tenant, scope, entity), size_s, starts[0], len(starts)])
+                prefix = f"{entity_prefix(tenant, scope, entity)}{size_s}:"
+                asks.append([f"{prefix}{start}" for start in starts])
             # The one declared key puts the call in the owner's Redis Cluster slot.
             await self._sum(keys=[dedup_prefix(owner)], args=[orjson.dumps(asks)], client=pipe)
         replies = await pipe.execute()
