@@ -76,7 +76,7 @@ async def handle_batch(messages: Sequence[RawMessage], deps: Deps, now_ms: int) 
         hits = evaluate_rules(rules, dict(zip(reads, sums, strict=True)))
         outcomes = decide(rules, hits, eval_ms, now_ms)
         enforced = [o.decision for o in outcomes if o.decision and not o.decision.shadow]
-        changes = await deps.decisions.save(enforced)
+        changes = await deps.decisions.save(enforced, now_ms)
         result.decisions = [d for d, c in zip(enforced, changes, strict=True) if c is Change.new]
         for outcome in outcomes:
             hit_rule = outcome.alert
@@ -86,6 +86,7 @@ async def handle_batch(messages: Sequence[RawMessage], deps: Deps, now_ms: int) 
                 hit_rule.scope,
                 hit_rule.entity_id,
                 _cooldown_s(rules, hit_rule.rule_id),
+                now_ms,
             )
             if claimed:
                 result.alerts.append(outcome.alert)
@@ -109,7 +110,7 @@ async def _unpriced_alerts(items: list[PricedEvent], deps: Deps, now_ms: int) ->
     until_midnight_s = DAY_S - (now_ms // 1000) % DAY_S
     for model, events in unpriced.items():
         if await deps.decisions.claim_alert(
-            GLOBAL_TENANT, "unpriced_model", Scope.model, model, until_midnight_s
+            GLOBAL_TENANT, "unpriced_model", Scope.model, model, until_midnight_s, now_ms
         ):
             first = events[0].event
             alerts.append(unpriced_alert(model, first.tenant_id, len(events), first.ts_ms, now_ms))

@@ -12,27 +12,42 @@ from detector.decisions.policy import STRICTNESS
 from detector.schemas import Decision, Scope
 
 # Atomic upsert: a stricter decision replaces a milder one, the same action with a later expiry
-# extends it, anything else leaves the stored decision as it is.
+# extends it, anything else leaves the stored decision as it is. Times are on the caller's
+# clock (ARGV[6]: wall time in the worker, event time in a backtest); a stored decision whose
+# end has passed on that clock counts as absent, and lifetimes are relative to it.
 _UPSERT_LUA = """
 local cur = redis.call('HMGET', KEYS[1], 'rank', 'until_ms')
 local rank = tonumber(ARGV[1])
 local until_ms = tonumber(ARGV[2])
-if cur[1] then
+local now_ms = tonumber(ARGV[6])
+local ttl_ms = string.format('%d', math.max(until_ms - now_ms, 1))
+if cur[1] and tonumber(cur[2]) > now_ms then
   local cur_rank = tonumber(cur[1])
   if cur_rank > rank then return 'kept' end
   if cur_rank == rank then
     if tonumber(cur[2]) >= until_ms then return 'kept' end
     redis.call('HSET', KEYS[1], 'until_ms', ARGV[2], 'json', ARGV[3])
-    redis.call('PEXPIREAT', KEYS[1], ARGV[2])
+    redis.call('PEXPIRE', KEYS[1], ttl_ms)
     return 'extended'
   end
 end
 redis.call('HSET', KEYS[1], 'rank', ARGV[1], 'until_ms', ARGV[2], 'json', ARGV[3])
-redis.call('PEXPIREAT', KEYS[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ttl_ms)
 redis.call('LPUSH', KEYS[2], ARGV[3])
 redis.call('LTRIM', KEYS[2], 0, ARGV[4])
 redis.call('PUBLISH', ARGV[5], KEYS[1])
 return 'new'
+"""
+
+# A (rule, entity) may alert when its cooldown, kept as an end time on the caller's clock, is
+# over; claiming starts a new one.
+_CLAIM_LUA = """
+local now_ms = tonumber(ARGV[1])
+local cooldown_ms = tonumber(ARGV[2])
+local until_ms = redis.call('GET', KEYS[1])
+if until_ms and tonumber(until_ms) > now_ms then return 0 end
+redis.call('SET', KEYS[1], string.format('%d', now_ms + cooldown_ms), 'PX', cooldown_ms)
+return 1
 """
 
 
@@ -48,8 +63,9 @@ class DecisionStore:
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
         self._upsert = redis.register_script(_UPSERT_LUA)
+        self._claim = redis.register_script(_CLAIM_LUA)
 
-    async def save(self, decisions: Sequence[Decision]) -> list[Change]:
+    async def save(self, decisions: Sequence[Decision], now_ms: int) -> list[Change]:
         """Store enforced decisions in one round trip; say for each whether it changed anything."""
         if not decisions:
             return []
@@ -66,6 +82,7 @@ class DecisionStore:
                     d.model_dump_json(),
                     keys.AUDIT_MAX_ENTRIES - 1,
                     keys.DECISIONS_CHANNEL,
+                    now_ms,
                 ],
                 client=pipe,
             )
@@ -90,11 +107,11 @@ class DecisionStore:
         return found
 
     async def claim_alert(
-        self, tenant: str, rule_id: str, scope: Scope, entity: str, cooldown_s: int
+        self, tenant: str, rule_id: str, scope: Scope, entity: str, cooldown_s: int, now_ms: int
     ) -> bool:
         """True once per cooldown for a (rule, entity): the caller may alert."""
         key = keys.cooldown_key(tenant, rule_id, scope, entity)
-        return bool(await self._redis.set(key, b"1", nx=True, ex=cooldown_s))
+        return bool(await self._claim(keys=[key], args=[now_ms, cooldown_s * 1000]))
 
     async def audit(self, tenant: str, limit: int = 50) -> list[Decision]:
         """The tenant's most recent decision changes, newest first."""

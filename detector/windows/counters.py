@@ -4,7 +4,7 @@ Each bucket of each entity is one Redis string of packed big-endian signed 64-bi
 (one per metric, in METRICS order). The Lua script reads it, adds the batch's vector and writes
 it back with its expiry: two commands per bucket whatever the number of metrics, where a hash
 would need one HINCRBY per metric (measured: a third less Redis time per event than BITFIELD
-INCRBY plus PEXPIREAT, see benches/README.md). Lua numbers are doubles, so each counter is
+INCRBY plus PEXPIREAT). Lua numbers are doubles, so each counter is
 exact up to 2**53: 9 billion dollars in micro-dollars, per bucket.
 
 A batch is pre-aggregated in memory (one vector per entity and bucket), then each tenant's part
@@ -71,8 +71,10 @@ local function int(v) return string.format('%d', v) end
 """
 
 # KEYS[1]: the tenant's dedup prefix (declares the tenant's cluster slot).
-# ARGV[1]: JSON {"x": dedup expiry ms, "s": [[hour ms, [ids...]], ...],
-#                "k": [bucket key, ...], "p": [bucket expiry ms as text, ...]}
+# ARGV[1]: JSON {"x": dedup horizon ms, "s": [[hour ms, [ids...]], ...],
+#                "k": [bucket key, ...], "p": [bucket time to live in ms, as text, ...]}
+# Lifetimes are relative to the caller's clock (wall time in the worker, event time in a
+# backtest), so a replay of old events keeps its buckets as long as the live worker would.
 # ARGV[2]: the deltas of those buckets, packed one after another in the bucket layout.
 _APPLY_LUA = (
     _LUA_COMMON
@@ -97,7 +99,7 @@ for _, group in ipairs(p.s) do
   for i = 1, #ids, 500 do
     redis.call('SADD', key, unpack(ids, i, math.min(i + 499, #ids)))
   end
-  redis.call('PEXPIREAT', key, int(p.x))
+  redis.call('PEXPIRE', key, int(p.x))
 end
 local deltas = ARGV[2]
 local pos = 1
@@ -111,7 +113,7 @@ for i, key in ipairs(p.k) do
     local current = {struct.unpack(FORMAT, packed)}
     for f = 1, WIDTH do values[f] = values[f] + current[f] end
   end
-  redis.call('SET', key, struct.pack(FORMAT, unpack(values, 1, WIDTH)), 'PXAT', expiries[i])
+  redis.call('SET', key, struct.pack(FORMAT, unpack(values, 1, WIDTH)), 'PX', expiries[i])
 end
 return dups
 """
@@ -283,10 +285,10 @@ class WindowStore:
         bucket_keys, expiries, deltas = [], [], bytearray()
         for (prefix, size_s, start_ms), vector in sums.items():
             bucket_keys.append(f"{prefix}{size_s}:{start_ms}")
-            expiries.append(str(start_ms + _SPAN_MS[size_s]))
+            expiries.append(str(start_ms + _SPAN_MS[size_s] - now_ms))
             deltas += _PACKED.pack(*vector)
         payload = {
-            "x": now_ms + self._dedup_horizon_ms,
+            "x": self._dedup_horizon_ms,
             "s": [[hour, ids] for hour, ids in by_hour.items()],
             "k": bucket_keys,
             "p": expiries,

@@ -35,6 +35,10 @@ async def serve(settings: Settings, redis: Redis | None) -> AsyncIterator[str]:
         await runner.cleanup()
 
 
+def now() -> int:
+    return time.time_ns() // 1_000_000
+
+
 def decision(scope: Scope, entity: str, action: Action, seconds: int, rule: str) -> Decision:
     now_ms = time.time_ns() // 1_000_000
     return Decision(
@@ -58,7 +62,8 @@ async def test_strictest_decision_of_the_named_entities_wins(
         [
             decision(Scope.user, "u1", Action.throttle, 120, "user-rule"),
             decision(Scope.api_key, "k9", Action.block, 60, "key-rule"),
-        ]
+        ],
+        now(),
     )
     assert changes == [Change.new, Change.new]
     async with serve(settings_factory(), redis) as base, aiohttp.ClientSession() as http:
@@ -81,16 +86,27 @@ async def test_strictest_decision_of_the_named_entities_wins(
 
 async def test_retriggered_decision_is_extended_not_duplicated(redis: Redis) -> None:
     store = DecisionStore(redis)
-    assert await store.save([decision(Scope.user, "u1", Action.block, 60, "r")]) == [Change.new]
-    assert await store.save([decision(Scope.user, "u1", Action.block, 600, "r")]) == [
-        Change.extended
-    ]
-    assert await store.save([decision(Scope.user, "u1", Action.throttle, 900, "r")]) == [
-        Change.kept
-    ]
+    block_1m = decision(Scope.user, "u1", Action.block, 60, "r")
+    assert await store.save([block_1m], now()) == [Change.new]
+    block_10m = decision(Scope.user, "u1", Action.block, 600, "r")
+    assert await store.save([block_10m], now()) == [Change.extended]
+    throttle = decision(Scope.user, "u1", Action.throttle, 900, "r")
+    assert await store.save([throttle], now()) == [Change.kept]
     found = await store.lookup([("acme", Scope.user, "u1")], time.time_ns() // 1_000_000)
     assert len(found) == 1 and found[0].action is Action.block
     assert len(await store.audit("acme")) == 1
+    # On a clock past the block's end (a replay's event time), the stored block is over and a
+    # throttle is new.
+    assert await store.save([throttle], block_10m.until_ms + 1) == [Change.new]
+
+
+async def test_cooldown_follows_the_callers_clock(redis: Redis) -> None:
+    store = DecisionStore(redis)
+    t0 = 1_700_000_000_000
+    assert await store.claim_alert("acme", "r", Scope.user, "u1", 600, t0) is True
+    assert await store.claim_alert("acme", "r", Scope.user, "u1", 600, t0 + 599_999) is False
+    assert await store.claim_alert("acme", "r", Scope.user, "u2", 600, t0 + 1) is True
+    assert await store.claim_alert("acme", "r", Scope.user, "u1", 600, t0 + 600_000) is True
 
 
 @pytest.mark.parametrize(
