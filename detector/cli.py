@@ -120,6 +120,29 @@ def rules_validate(
     typer.echo(f"{file}: {len(rules.rules)} rules, OK")
 
 
+@rules_app.command("backtest")
+def rules_backtest(
+    file: Annotated[Path, typer.Argument(help="rules.yaml to try.")] = Path("rules.yaml"),
+    events: Annotated[Path, typer.Option(help="JSONL file of cost events.")] = Path("-"),
+    output_format: Annotated[str, typer.Option("--format", help="table or json")] = "table",
+) -> None:
+    """Replay recorded events (on event time, no Kafka) and show what the rules would have done."""
+    from detector.backtest import render_table, run_backtest
+    from detector.errors import ConfigError
+
+    if output_format not in ("table", "json"):
+        raise ConfigError(f"--format must be table or json, got {output_format!r}")
+    settings = _settings()
+    source = sys.stdin.buffer if str(events) == "-" else events.open("rb")
+    with source:
+        lines = [line.rstrip(b"\r\n") for line in source if line.strip()]
+    result = asyncio.run(run_backtest(settings, file, lines))
+    if output_format == "json":
+        typer.echo(orjson.dumps(result.as_json(), option=orjson.OPT_INDENT_2).decode())
+    else:
+        typer.echo(render_table(result))
+
+
 @app.command()
 def spend(
     tenant: Annotated[str, typer.Option(help="Tenant id.")] = "",

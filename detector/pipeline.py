@@ -19,7 +19,7 @@ from detector.pricing import PriceTable, price_event
 from detector.rules.engine import evaluate_rules, reads_needed
 from detector.rules.schema import RuleSet
 from detector.schemas import Alert, Decision, Scope
-from detector.sinks.kafka import KafkaSink
+from detector.sinks.base import Outputs
 from detector.windows.buckets import DAY_S, MAX_RETENTION_S
 from detector.windows.counters import PricedEvent, WindowStore
 
@@ -35,7 +35,7 @@ class Deps:
     prices: PriceTable
     windows: WindowStore
     decisions: DecisionStore
-    kafka: KafkaSink
+    kafka: Outputs  # the Kafka topics in the worker; a collector in a backtest
 
 
 @dataclass
