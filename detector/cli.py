@@ -18,6 +18,91 @@ from detector.errors import DetectorError
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 rules_app = typer.Typer(no_args_is_help=True, help="Check and try out rules files.")
 app.add_typer(rules_app, name="rules")
+override_app = typer.Typer(
+    no_args_is_help=True, help="Block, throttle or allow an entity by hand, or lift a decision."
+)
+app.add_typer(override_app, name="override")
+
+TenantOpt = Annotated[str, typer.Option("--tenant", help="Tenant id.")]
+ScopeOpt = Annotated[str, typer.Option("--scope", help="tenant, user, feature, model, ...")]
+EntityOpt = Annotated[str, typer.Option("--id", help="Entity id within the tenant.")]
+ReasonOpt = Annotated[str, typer.Option("--reason", help="Why; kept in the audit trail.")]
+ForOpt = Annotated[str, typer.Option("--for", help="How long, e.g. 30m, 2h, 1d.")]
+
+
+def _override(
+    action_name: str, tenant: str, scope: str, entity: str, for_: str, reason: str
+) -> None:
+    from detector.overrides import set_override
+    from detector.schemas import Action
+
+    settings = _settings()
+    decision = asyncio.run(
+        set_override(settings, Action(action_name), scope, tenant, entity, for_, reason)
+    )
+    typer.echo(
+        f"{decision.action.value} {decision.scope.value} {decision.entity_id} "
+        f"({decision.tenant_id}) until {decision.until}: {decision.reason}"
+    )
+
+
+@override_app.command("block")
+def override_block(
+    tenant: TenantOpt, reason: ReasonOpt, for_: ForOpt = "1h", scope: ScopeOpt = "tenant",
+    entity: EntityOpt = "",
+) -> None:  # fmt: skip
+    """Block an entity for a while, whatever the rules say."""
+    _override("block", tenant, scope, entity, for_, reason)
+
+
+@override_app.command("throttle")
+def override_throttle(
+    tenant: TenantOpt, reason: ReasonOpt, for_: ForOpt = "1h", scope: ScopeOpt = "tenant",
+    entity: EntityOpt = "",
+) -> None:  # fmt: skip
+    """Throttle an entity for a while, whatever the rules say."""
+    _override("throttle", tenant, scope, entity, for_, reason)
+
+
+@override_app.command("allow")
+def override_allow(
+    tenant: TenantOpt, reason: ReasonOpt, for_: ForOpt = "1h", scope: ScopeOpt = "tenant",
+    entity: EntityOpt = "",
+) -> None:  # fmt: skip
+    """Let an entity through for a while, even if a rule blocks it."""
+    _override("allow", tenant, scope, entity, for_, reason)
+
+
+@override_app.command("lift")
+def override_lift(
+    tenant: TenantOpt, scope: ScopeOpt = "tenant", entity: EntityOpt = "",
+    reason: ReasonOpt = "lifted from the command line",
+) -> None:  # fmt: skip
+    """End the override and the rule decision of an entity now."""
+    from detector.overrides import lift
+
+    ended = asyncio.run(lift(_settings(), scope, tenant, entity, reason))
+    if not ended:
+        typer.echo("nothing was in force")
+    for d in ended:
+        typer.echo(f"lifted {d.action.value} ({d.rule_id}) on {d.scope.value} {d.entity_id}")
+
+
+@app.command()
+def audit(
+    tenant: TenantOpt,
+    limit: Annotated[int, typer.Option(help="How many entries, newest first.")] = 50,
+) -> None:
+    """Print a tenant's recent decision changes: rule decisions, overrides and lifts."""
+    from detector.overrides import audit as read_audit
+
+    for d in asyncio.run(read_audit(_settings(), tenant, limit)):
+        what = "lift" if d.lifted else d.action.value
+        who = d.actor or d.rule_id
+        typer.echo(
+            f"{d.decided_at}  {what:<8} {d.scope.value}:{d.entity_id}  until {d.until}  "
+            f"by {who}  {d.reason}"
+        )
 
 
 def _settings() -> Settings:

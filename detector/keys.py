@@ -37,6 +37,11 @@ def decision_key(tenant: str, scope: str, entity: str) -> str:
     return f"det:dec:{_tag(tenant)}:{scope}:{entity}"
 
 
+def override_key(tenant: str, scope: str, entity: str) -> str:
+    """A manual decision for one entity; it takes the place of rule decisions until it expires."""
+    return f"det:ovr:{_tag(tenant)}:{scope}:{entity}"
+
+
 def cooldown_key(tenant: str, rule_id: str, scope: str, entity: str) -> str:
     """Marker that a rule alerted for an entity recently; expires after the cooldown."""
     return f"det:cool:{_tag(tenant)}:{rule_id}:{scope}:{entity}"

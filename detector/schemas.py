@@ -118,6 +118,9 @@ class Decision(BaseModel):
     reason: str
     decided_at: str  # RFC 3339
     shadow: bool = False
+    source: str = "rule"  # "rule", or "manual" for an override
+    actor: str | None = None  # who made a manual override ("api", "cli:<user>")
+    lifted: bool = False  # an audit entry for an override or decision lifted early
 
 
 class Alert(BaseModel):

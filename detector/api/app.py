@@ -10,7 +10,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import Redis
 
-from detector.api import routes
+from detector.api import admin, routes
 from detector.api.openapi import OPENAPI
 from detector.api.state import ApiState, Forbidden
 from detector.config import Settings
@@ -64,8 +64,16 @@ def create_app(settings: Settings, redis: Redis | None = None) -> web.Applicatio
     app.router.add_get("/v1/spend", routes.get_spend)
     app.router.add_get("/healthz", routes.healthz)
     app.router.add_get("/readyz", routes.readyz)
+    app.router.add_post("/v1/admin/overrides", admin.post_override)
+    app.router.add_delete("/v1/admin/overrides", admin.delete_override)
+    app.router.add_get("/v1/admin/audit", admin.get_audit)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", openapi)
+
+    async def close_state(app: web.Application) -> None:
+        await app[ApiState.KEY].close()
+
+    app.on_cleanup.append(close_state)
 
     if redis is None:
 

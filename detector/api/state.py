@@ -6,12 +6,15 @@ import logging
 import time
 
 from aiohttp import web
+from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from redis.asyncio import Redis
 
 from detector.api.auth import Grant, find_grant, parse_tokens
 from detector.config import Settings
 from detector.decisions.store import DecisionStore
+from detector.schemas import Decision
+from detector.sinks.kafka import KafkaSink
 from detector.windows.counters import WindowStore
 
 log = logging.getLogger("detector.api")
@@ -38,6 +41,7 @@ class ApiState:
         secret = settings.api_tokens.get_secret_value() if settings.api_tokens else ""
         self.tokens = parse_tokens(secret)
         self._last_redis_log_s = 0.0
+        self._kafka: KafkaSink | None = None
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "detector_api_requests", "API requests", ["endpoint", "outcome"], registry=self.registry
@@ -67,6 +71,22 @@ class ApiState:
         if not grant.permits(scope, tenant_id):
             raise Forbidden(403, f"token lacks {scope} for this tenant")
         return grant
+
+    async def publish_decision(self, decision: Decision) -> None:
+        """Announce a manual change on llm.cost.decisions; Redis already holds it, so a Kafka
+        outage is logged rather than failing the request."""
+        try:
+            if self._kafka is None:
+                kafka = KafkaSink(self.settings)
+                await kafka.start()
+                self._kafka = kafka
+            await self._kafka.send_decisions([decision])
+        except (KafkaError, OSError) as exc:
+            log.error("could not publish a manual decision to Kafka: %r", exc)
+
+    async def close(self) -> None:
+        if self._kafka is not None:
+            await self._kafka.close()
 
     def redis_down(self) -> None:
         """Count an answer given without Redis; log at most once per interval."""

@@ -52,6 +52,63 @@ def decide(rules: RuleSet, hits: list[RuleHit], event_time_ms: int, now_ms: int)
     return out
 
 
+MANUAL_RULE_ID = "manual"
+
+
+def manual_decision(
+    tenant: str,
+    scope: Scope,
+    entity: str,
+    action: Action,
+    duration_s: int,
+    reason: str,
+    actor: str,
+    now_ms: int,
+) -> Decision:
+    """An operator's override: `action` for `entity` during `duration_s`, with the reason.
+
+    >>> d = manual_decision("acme", Scope.user, "u1", Action.allow, 60, "VIP demo", "cli", 0)
+    >>> (d.action.value, d.until, d.source, d.rule_id)
+    ('allow', '1970-01-01T00:01:00.000Z', 'manual', 'manual')
+    """
+    if action is Action.alert:
+        raise ValueError("an override is allow, throttle or block")
+    until_ms = now_ms + duration_s * 1000
+    return Decision(
+        tenant_id=tenant,
+        scope=scope,
+        entity_id=entity,
+        action=action,
+        until=rfc3339(until_ms),
+        until_ms=until_ms,
+        rule_id=MANUAL_RULE_ID,
+        reason=reason,
+        decided_at=rfc3339(now_ms),
+        source="manual",
+        actor=actor,
+    )
+
+
+def lift_record(
+    tenant: str, scope: Scope, entity: str, reason: str, actor: str, now_ms: int
+) -> Decision:
+    """The audit entry of lifting whatever is in force for an entity, now."""
+    return Decision(
+        tenant_id=tenant,
+        scope=scope,
+        entity_id=entity,
+        action=Action.allow,
+        until=rfc3339(now_ms),
+        until_ms=now_ms,
+        rule_id=MANUAL_RULE_ID,
+        reason=reason,
+        decided_at=rfc3339(now_ms),
+        source="manual",
+        actor=actor,
+        lifted=True,
+    )
+
+
 def unpriced_alert(
     model: str, tenant_id: str, requests: int, event_time_ms: int, now_ms: int
 ) -> Alert:

@@ -92,19 +92,53 @@ class DecisionStore:
     async def lookup(
         self, entities: Sequence[tuple[str, Scope, str]], now_ms: int
     ) -> list[Decision]:
-        """Decisions in force for any of the given (tenant, scope, entity), strictest first."""
+        """Decisions in force for any of the given (tenant, scope, entity), strictest first.
+
+        A manual override of an entity takes the place of its rule decision, so an `allow`
+        override lets that entity through whatever its rules decided.
+        """
         pipe = self._redis.pipeline(transaction=False)
         for tenant, scope, entity in entities:
+            pipe.get(keys.override_key(tenant, scope, entity))
             pipe.hget(keys.decision_key(tenant, scope, entity), "json")
+        replies = await pipe.execute()
         found = []
-        for raw in await pipe.execute():
-            if raw is None:
-                continue
-            decision = Decision.model_validate_json(raw)
-            if decision.until_ms > now_ms:
-                found.append(decision)
+        for override_raw, rule_raw in zip(replies[::2], replies[1::2], strict=True):
+            for raw in (override_raw, rule_raw):
+                if raw is None:
+                    continue
+                decision = Decision.model_validate_json(raw)
+                if decision.until_ms > now_ms:
+                    found.append(decision)
+                    break  # an override in force hides the rule decision
         found.sort(key=lambda d: (-STRICTNESS[d.action], -d.until_ms))
         return found
+
+    async def override(self, decision: Decision, now_ms: int) -> None:
+        """Put a manual decision in force for its entity until `decision.until_ms`."""
+        body = decision.model_dump_json()
+        pipe = self._redis.pipeline(transaction=True)
+        key = keys.override_key(decision.tenant_id, decision.scope, decision.entity_id)
+        pipe.set(key, body, px=max(decision.until_ms - now_ms, 1))
+        pipe.lpush(keys.audit_key(decision.tenant_id), body)
+        pipe.ltrim(keys.audit_key(decision.tenant_id), 0, keys.AUDIT_MAX_ENTRIES - 1)
+        pipe.publish(keys.DECISIONS_CHANNEL, key)
+        await pipe.execute()
+
+    async def lift(self, record: Decision) -> list[Decision]:
+        """End the override and the rule decision of `record`'s entity now; return what ended."""
+        tenant, scope, entity = record.tenant_id, record.scope, record.entity_id
+        override_key = keys.override_key(tenant, scope, entity)
+        decision_key = keys.decision_key(tenant, scope, entity)
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.get(override_key)
+        pipe.hget(decision_key, "json")
+        pipe.delete(override_key, decision_key)
+        pipe.lpush(keys.audit_key(tenant), record.model_dump_json())
+        pipe.ltrim(keys.audit_key(tenant), 0, keys.AUDIT_MAX_ENTRIES - 1)
+        pipe.publish(keys.DECISIONS_CHANNEL, decision_key)
+        override_raw, rule_raw, *_ = await pipe.execute()
+        return [Decision.model_validate_json(r) for r in (override_raw, rule_raw) if r is not None]
 
     async def claim_alert(
         self, tenant: str, rule_id: str, scope: Scope, entity: str, cooldown_s: int, now_ms: int
