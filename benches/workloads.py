@@ -4,10 +4,14 @@ Building and caching use no clock and no network: events are generated with time
 0 and cached like that, so the cache depends only on (seed, n). `to_messages` then shifts them
 so the newest event lands at the caller's `end_ms` (the windows only count recent events), and
 `produce` puts them on a topic; neither is meant to be timed.
+
+Two workloads: `load_events` (detector.simulate's scenario, for bench_ingest.py) and the
+realistic mix of `Mix` (`load_mix_events`, `load_user_events`, for bench_windows.py).
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
 import random
@@ -148,6 +152,7 @@ _MODEL_W = [m[2] for m in MIX_MODELS]
 _FEATURE_W = [1.0 / (i + 1) for i in range(len(MIX_FEATURES))]
 MAX_INPUT_TOKENS = 1_000_000
 MAX_OUTPUT_TOKENS = 64_000
+MIX_VERSION = 1  # bump when the generator changes, so that old caches are not reused
 
 
 @dataclass(frozen=True)
@@ -271,13 +276,20 @@ def cached(name: str, build: Callable[[], list[dict[str, Any]]]) -> list[dict[st
     return events
 
 
+def mix_tag(mix: Mix) -> str:
+    """Short digest of every Mix field and the generator version, for cache file names."""
+    return hashlib.sha256(f"{MIX_VERSION}:{mix!r}".encode()).hexdigest()[:8]
+
+
 def load_mix_events(mix: Mix, n: int, span_s: float = 600.0) -> list[dict[str, Any]]:
-    name = f"mix-seed{mix.seed}-t{mix.tenants}-u{mix.users}-n{n}-span{span_s:.0f}"
+    """build_mix_events, cached."""
+    name = f"mix-{mix_tag(mix)}-seed{mix.seed}-u{mix.users}-n{n}-span{span_s:.0f}"
     return cached(name, lambda: build_mix_events(mix, n, span_s))
 
 
 def load_user_events(mix: Mix, per_user: int, span_s: float = 86_400.0) -> list[dict[str, Any]]:
-    name = f"users-seed{mix.seed}-t{mix.tenants}-u{mix.users}-k{per_user}-span{span_s:.0f}"
+    """build_user_events, cached."""
+    name = f"users-{mix_tag(mix)}-seed{mix.seed}-u{mix.users}-k{per_user}-span{span_s:.0f}"
     return cached(name, lambda: build_user_events(mix, per_user, span_s))
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -82,6 +83,11 @@ def build_app(settings: Settings, rules: RulesHolder, prices: PriceTable) -> Any
     @app.timer(interval=2.0)  # type: ignore[untyped-decorator]
     async def reload_rules() -> None:
         rules.reload_if_changed()
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def reload_on_sighup() -> None:
+        # SIGHUP re-reads rules.yaml at once, as daemons conventionally do.
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, rules.reload)
 
     return app
 
@@ -232,5 +238,11 @@ def run_worker(settings: Settings, rules: RulesHolder, prices: PriceTable) -> No
     # faust narrates every service start and stop at INFO; our own loggers keep their level.
     loglevel = "DEBUG" if settings.log_level == "DEBUG" else "WARNING"
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
-    logging.getLogger("detector").setLevel(settings.log_level)
+    # faust re-configures the root logger at start; our own lines keep their level and format.
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    ours = logging.getLogger("detector")
+    ours.handlers = [handler]
+    ours.setLevel(settings.log_level)
+    ours.propagate = False
     worker.execute_from_commandline()
