@@ -38,7 +38,8 @@ check: install
 
 bench: install
 	scripts/services up
-	$(PY) benches/bench_pipeline.py
+	$(PY) benches/bench_ingest.py
+	$(PY) benches/bench_windows.py
 
 clean:
 	scripts/services down
