@@ -202,7 +202,7 @@ def rules_validate(
     from detector.rules.loader import load_rules
 
     rules = load_rules(file)
-    typer.echo(f"{file}: {len(rules.rules)} rules, OK")
+    typer.echo(f"{file}: {len(rules.rules)} rules, {len(rules.budgets)} budgets, OK")
 
 
 @rules_app.command("backtest")

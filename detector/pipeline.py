@@ -10,17 +10,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from detector.config import Settings
-from detector.decisions.policy import decide, unpriced_alert
+from detector.decisions.policy import Outcome, budget_outcome, decide, unpriced_alert
 from detector.decisions.store import Change, DecisionStore
 from detector.errors import BadEvent
 from detector.ingest.decode import decode_event
 from detector.keys import GLOBAL_TENANT
 from detector.pricing import PriceTable, price_event
-from detector.rules.engine import evaluate_rules, reads_needed
+from detector.rules.engine import WindowRead, evaluate_budgets, evaluate_rules, reads_needed
 from detector.rules.schema import RuleSet
 from detector.schemas import Alert, Decision, Scope
 from detector.sinks.base import Outputs
-from detector.windows.buckets import DAY_S, MAX_RETENTION_S
+from detector.windows.buckets import DAY_S, MAX_RETENTION_S, calendar_end_ms
 from detector.windows.counters import PricedEvent, WindowStore
 
 log = logging.getLogger(__name__)
@@ -72,24 +72,31 @@ async def handle_batch(messages: Sequence[RawMessage], deps: Deps, now_ms: int) 
         eval_ms = min(max(it.event.ts_ms for it in applied.applied), now_ms)
         targets = [(t.tenant_id, t.scope, t.entity_id) for t in applied.touched]
         reads = reads_needed(rules, targets)
-        sums = await deps.windows.read_windows(reads, eval_ms)
-        hits = evaluate_rules(rules, dict(zip(reads, sums, strict=True)))
-        outcomes = decide(rules, hits, eval_ms, now_ms)
-        enforced = [o.decision for o in outcomes if o.decision and not o.decision.shadow]
-        changes = await deps.decisions.save(enforced, now_ms)
-        result.decisions = [d for d, c in zip(enforced, changes, strict=True) if c is Change.new]
-        for outcome in outcomes:
-            hit_rule = outcome.alert
-            claimed = await deps.decisions.claim_alert(
-                hit_rule.tenant_id,
-                hit_rule.rule_id,
-                hit_rule.scope,
-                hit_rule.entity_id,
-                _cooldown_s(rules, hit_rule.rule_id),
+        sums = dict(zip(reads, await deps.windows.read_windows(reads, eval_ms), strict=True))
+        outcomes = decide(rules, evaluate_rules(rules, sums), eval_ms, now_ms)
+        alerting = [
+            o
+            for o in outcomes
+            if await deps.decisions.claim_alert(
+                o.alert.tenant_id,
+                o.alert.rule_id,
+                o.alert.scope,
+                o.alert.entity_id,
+                _cooldown_s(rules, o.alert.rule_id),
                 now_ms,
             )
-            if claimed:
-                result.alerts.append(outcome.alert)
+        ]
+        # Rule decisions are stored on every hit (a re-trigger extends them); budget outcomes
+        # exist only when a fraction is reached for the first time in the period.
+        budget_outcomes = await _budget_outcomes(rules, sums, deps, eval_ms, now_ms)
+        enforced = [
+            o.decision
+            for o in (*outcomes, *budget_outcomes)
+            if o.decision and not o.decision.shadow
+        ]
+        changes = await deps.decisions.save(enforced, now_ms)
+        result.decisions = [d for d, c in zip(enforced, changes, strict=True) if c is Change.new]
+        result.alerts.extend(o.alert for o in (*alerting, *budget_outcomes))
 
     if result.dead_letters:
         await deps.kafka.send_dead_letters(result.dead_letters)
@@ -115,6 +122,38 @@ async def _unpriced_alerts(items: list[PricedEvent], deps: Deps, now_ms: int) ->
             first = events[0].event
             alerts.append(unpriced_alert(model, first.tenant_id, len(events), first.ts_ms, now_ms))
     return alerts
+
+
+async def _budget_outcomes(
+    rules: RuleSet,
+    sums: dict[WindowRead, dict[str, float]],
+    deps: Deps,
+    eval_ms: int,
+    now_ms: int,
+) -> list[Outcome]:
+    """One outcome per budget and entity whose spend reached a new alert fraction.
+
+    Each fraction is claimed once per period (across workers); when a batch reaches several at
+    once, only the highest is announced.
+    """
+    out = []
+    for hit in evaluate_budgets(rules, sums):
+        left_s = max((calendar_end_ms(hit.rule.window, eval_ms) - eval_ms) // 1000, 1)
+        newly = [
+            fraction
+            for fraction in hit.crossed
+            if await deps.decisions.claim_alert(
+                hit.tenant_id,
+                f"{hit.rule.id}@{fraction:g}",
+                hit.scope,
+                hit.entity_id,
+                left_s,
+                now_ms,
+            )
+        ]
+        if newly:
+            out.append(budget_outcome(rules, hit, max(newly), eval_ms, now_ms))
+    return out
 
 
 def _cooldown_s(rules: RuleSet, rule_id: str) -> int:

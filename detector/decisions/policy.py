@@ -5,10 +5,11 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from detector.rules.engine import RuleHit
+from detector.rules.engine import BudgetHit, RuleHit
 from detector.rules.schema import RuleSet
 from detector.schemas import Action, Alert, AlertKind, Decision, Scope, Severity, Strictness
 from detector.timefmt import rfc3339
+from detector.windows.buckets import calendar_end_ms
 
 STRICTNESS = {
     Action.allow: Strictness.allow,
@@ -53,6 +54,7 @@ def decide(rules: RuleSet, hits: list[RuleHit], event_time_ms: int, now_ms: int)
 
 
 MANUAL_RULE_ID = "manual"
+PERIOD_ADJECTIVE = {"day": "daily", "week": "weekly", "month": "monthly"}
 
 
 def manual_decision(
@@ -107,6 +109,64 @@ def lift_record(
         actor=actor,
         lifted=True,
     )
+
+
+def budget_outcome(
+    rules: RuleSet, hit: BudgetHit, fraction: float, event_time_ms: int, now_ms: int
+) -> Outcome:
+    """Alert for a budget fraction reached; at the whole budget, its action until period end."""
+    budget = hit.rule
+    period_end_ms = calendar_end_ms(budget.window, event_time_ms)
+    enforce = fraction >= 1.0 and budget.action in (Action.throttle, Action.block)
+    allowed = rules.allowed(hit.scope, hit.entity_id)
+    share = f"{fraction:.0%}"
+    reason = (
+        f"{hit.scope.value} {hit.entity_id} has spent ${_number(hit.spent_usd)} of its "
+        f"${_number(hit.amount_usd)} {PERIOD_ADJECTIVE[budget.period]} budget ({share} reached)"
+    )
+    decision = None
+    if enforce and not allowed:
+        decision = Decision(
+            tenant_id=hit.tenant_id,
+            scope=hit.scope,
+            entity_id=hit.entity_id,
+            action=budget.action,
+            until=rfc3339(period_end_ms),
+            until_ms=period_end_ms,
+            rule_id=budget.id,
+            reason=reason,
+            decided_at=rfc3339(now_ms),
+            shadow=budget.shadow,
+        )
+    message = reason
+    if decision is not None and budget.shadow:
+        message += f" (shadow: would have applied {budget.action.value})"
+    elif decision is not None:
+        message += f"; {budget.action.value} until {decision.until}"
+    digest = hashlib.blake2b(
+        f"{budget.id}|{hit.tenant_id}|{hit.scope}|{hit.entity_id}|{fraction}|{now_ms}".encode(),
+        digest_size=8,
+    ).hexdigest()
+    alert = Alert(
+        alert_id=digest,
+        kind=AlertKind.budget,
+        rule_id=budget.id,
+        severity=budget.severity if fraction >= 1.0 else Severity.warning,
+        tenant_id=hit.tenant_id,
+        scope=hit.scope,
+        entity_id=hit.entity_id,
+        window=budget.window,
+        metric="cost_usd",
+        observed=round(hit.spent_usd, 6),
+        threshold=round(fraction * hit.amount_usd, 6),
+        action=budget.action if decision is not None else Action.alert,
+        until=decision.until if decision else None,
+        shadow=budget.shadow,
+        event_time=rfc3339(event_time_ms),
+        created_at=rfc3339(now_ms),
+        message=message,
+    )
+    return Outcome(alert, decision)
 
 
 def unpriced_alert(

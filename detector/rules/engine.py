@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from detector.rules.schema import Comparison, RuleSet, ThresholdRule
+from detector.rules.schema import BudgetRule, Comparison, RuleSet, ThresholdRule
 from detector.schemas import Scope
 
 
@@ -19,6 +19,19 @@ class RuleHit:
     entity_id: str
     observed: float
     metrics: Mapping[str, float]
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetHit:
+    """An entity's period spend at or past some of its budget's alert fractions."""
+
+    rule: BudgetRule
+    tenant_id: str
+    scope: Scope
+    entity_id: str
+    spent_usd: float
+    amount_usd: float
+    crossed: tuple[float, ...]  # the alert fractions reached, ascending
 
 
 Target = tuple[str, Scope, str]  # tenant, scope, entity
@@ -35,10 +48,12 @@ def reads_needed(rules: RuleSet, touched: Iterable[Target]) -> list[WindowRead]:
     [('acme', <Scope.tenant: 'tenant'>, 'acme', '1h')]
     """
     windows_by_scope: dict[Scope, list[str]] = {}
-    for rule in rules.rules:
-        found = windows_by_scope.setdefault(rule.scope, [])
-        if rule.window not in found:
-            found.append(rule.window)
+    wanted = [(r.scope, r.window) for r in rules.rules]
+    wanted += [(b.scope, b.window) for b in rules.budgets]
+    for scope, window in wanted:
+        found = windows_by_scope.setdefault(scope, [])
+        if window not in found:
+            found.append(window)
     out: list[WindowRead] = []
     for tenant, scope, entity in sorted(set(touched)):
         for window in windows_by_scope.get(scope, ()):
@@ -83,4 +98,29 @@ def evaluate_rules(
             observed = metric_value(metrics, rule.metric)
             if crosses(rule, observed):
                 hits.append(RuleHit(rule, tenant, scope, entity, observed, metrics))
+    return hits
+
+
+def evaluate_budgets(
+    rules: RuleSet, windows: Mapping[WindowRead, Mapping[str, float]]
+) -> list[BudgetHit]:
+    """Budgets whose entities have spent at least their first alert fraction this period.
+
+    >>> from detector.rules.loader import parse_rules
+    >>> rs = parse_rules("budgets: [{id: b, scope: tenant, period: month, amount_usd: 100, "
+    ...                  "overrides: {acme: 500}}]", "t.yaml")
+    >>> [h.crossed for h in evaluate_budgets(rs, {("acme", Scope.tenant, "acme", "month"):
+    ...                                          {"cost_usd": 420.0}})]
+    [(0.5, 0.8)]
+    """
+    hits: list[BudgetHit] = []
+    for (tenant, scope, entity, window), metrics in windows.items():
+        for budget in rules.budgets:
+            if budget.scope is not scope or budget.window != window:
+                continue
+            amount = budget.amount_for(entity)
+            spent = metrics.get("cost_usd", 0.0)
+            crossed = tuple(f for f in budget.alert_at if spent >= f * amount)
+            if crossed:
+                hits.append(BudgetHit(budget, tenant, scope, entity, spent, amount, crossed))
     return hits

@@ -48,7 +48,7 @@ def _describe(source: str, data: dict[str, Any], err: Any) -> str:
             where += f".{part}" if where else str(part)
     rule_id = _rule_id(data, loc)
     if rule_id:
-        where = where.replace(f"rules[{loc[1]}]", f"rules[{loc[1]}] ({rule_id})", 1)
+        where = where.replace(f"{loc[0]}[{loc[1]}]", f"{loc[0]}[{loc[1]}] ({rule_id})", 1)
     message = str(err["msg"]).removeprefix("Value error, ")
     if err["type"] == "missing":
         return f"{source}: {where}: is required"
@@ -63,9 +63,9 @@ def _describe(source: str, data: dict[str, Any], err: Any) -> str:
 
 
 def _rule_id(data: dict[str, Any], loc: list[Any]) -> str | None:
-    if len(loc) < 2 or loc[0] != "rules" or not isinstance(loc[1], int):
+    if len(loc) < 2 or loc[0] not in ("rules", "budgets") or not isinstance(loc[1], int):
         return None
-    rules = data.get("rules")
+    rules = data.get(loc[0])
     if not isinstance(rules, list) or loc[1] >= len(rules) or not isinstance(rules[loc[1]], dict):
         return None
     value = rules[loc[1]].get("id")

@@ -102,23 +102,86 @@ class ThresholdRule(_Strict):
         return self
 
 
+PERIOD_WINDOWS = {"day": "today", "week": "week", "month": "month"}
+
+
+class BudgetRule(_Strict):
+    """Spend per calendar period of each entity against an amount: alerts at fractions of it,
+    each once per period, and an action once the whole amount is spent."""
+
+    id: str = Field(pattern=RULE_ID_PATTERN)
+    kind: Literal["budget"] = "budget"
+    description: str = ""
+    scope: Scope
+    period: Literal["day", "week", "month"]
+    amount_usd: float = Field(gt=0, strict=True)
+    overrides: dict[str, float] = Field(default_factory=dict)
+    alert_at: list[float] = Field(default_factory=lambda: [0.5, 0.8, 1.0], min_length=1)
+    action: Action = Action.alert
+    retry_after_s: int | None = Field(default=None, ge=1)
+    severity: Severity = Severity.warning
+    shadow: bool = False
+
+    @field_validator("overrides")
+    @classmethod
+    def _positive_amounts(cls, value: dict[str, float]) -> dict[str, float]:
+        for entity, amount in value.items():
+            if isinstance(amount, bool) or amount <= 0:
+                raise ValueError(f"the amount for {entity!r} must be > 0, got {amount!r}")
+        return value
+
+    @field_validator("alert_at")
+    @classmethod
+    def _fractions(cls, value: list[float]) -> list[float]:
+        for fraction in value:
+            if isinstance(fraction, bool) or not 0 < fraction <= 1:
+                raise ValueError("each fraction must be in (0, 1]")
+        return sorted(set(value))
+
+    @field_validator("action")
+    @classmethod
+    def _budget_action(cls, value: Action) -> Action:
+        if value is Action.allow:
+            raise ValueError("must be alert, throttle or block")
+        return value
+
+    @model_validator(mode="after")
+    def _has_entity(self) -> BudgetRule:
+        if self.scope is Scope.global_ and self.action is not Action.alert:
+            raise ValueError(
+                f"action: a global budget can only alert (there is no entity to "
+                f"{self.action.value}), got {self.action.value!r}"
+            )
+        return self
+
+    @property
+    def window(self) -> str:
+        return PERIOD_WINDOWS[self.period]
+
+    def amount_for(self, entity: str) -> float:
+        """The entity's budget: its override, or the rule's amount."""
+        return self.overrides.get(entity, self.amount_usd)
+
+
 class RuleSet(_Strict):
     """The whole rules.yaml file."""
 
     version: Literal[1] = 1
     rules: list[ThresholdRule] = Field(default_factory=list)
+    budgets: list[BudgetRule] = Field(default_factory=list)
     allow_list: dict[Scope, list[str]] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _unique_ids(self) -> RuleSet:
-        first: dict[str, int] = {}
-        for index, rule in enumerate(self.rules):
-            if rule.id in first:
+        first: dict[str, str] = {}
+        named = [(f"rules[{i}]", r.id) for i, r in enumerate(self.rules)]
+        named += [(f"budgets[{i}]", b.id) for i, b in enumerate(self.budgets)]
+        for place, rule_id in named:
+            if rule_id in first:
                 raise ValueError(
-                    f"rules[{index}].id: duplicate rule id {rule.id!r} "
-                    f"(first used by rules[{first[rule.id]}])"
+                    f"{place}.id: duplicate rule id {rule_id!r} (first used by {first[rule_id]})"
                 )
-            first[rule.id] = index
+            first[rule_id] = place
         return self
 
     def allowed(self, scope: Scope, entity: str) -> bool:

@@ -135,6 +135,24 @@ def calendar_start_ms(window: str, now_ms: int) -> int:
     return int(day.timestamp() * 1000)
 
 
+def calendar_end_ms(window: str, now_ms: int) -> int:
+    """End (next UTC midnight, Monday or 1st) of the calendar period that holds now_ms.
+
+    >>> calendar_end_ms("month", 1_700_000_000_000)  # 2023-11-14 -> 2023-12-01
+    1701388800000
+    >>> calendar_end_ms("week", 1_700_000_000_000) - calendar_start_ms("week", 1_700_000_000_000)
+    604800000
+    """
+    start = datetime.fromtimestamp(calendar_start_ms(window, now_ms) / 1000, tz=UTC)
+    if window == "today":
+        end = start + timedelta(days=1)
+    elif window == "week":
+        end = start + timedelta(days=7)
+    else:
+        end = (start.replace(day=28) + timedelta(days=4)).replace(day=1)
+    return int(end.timestamp() * 1000)
+
+
 def parse_duration_s(text: str) -> int:
     """Seconds in a duration such as '90s', '15m', '1h', '7d' or a bare number of seconds.
 

@@ -7,7 +7,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from detector.rules.engine import WindowRead, crosses, evaluate_rules, metric_value, reads_needed
+from detector.rules.engine import (
+    WindowRead,
+    crosses,
+    evaluate_budgets,
+    evaluate_rules,
+    metric_value,
+    reads_needed,
+)
+from detector.rules.loader import parse_rules
 from detector.rules.schema import RuleSet, ThresholdRule
 from detector.schemas import Scope
 
@@ -179,3 +187,22 @@ def test_zero_threshold_with_gt_needs_some_spend(rule_factory: RuleFactory) -> N
     target: WindowRead = ("acme", Scope.tenant, "acme", "1h")
     assert evaluate_rules(rule_set(rule), {target: {"cost_usd": 0.0}}) == []
     assert len(evaluate_rules(rule_set(rule), {target: {"cost_usd": 0.000001}})) == 1
+
+
+def test_budget_fractions_at_the_exact_boundary() -> None:
+    rs = parse_rules(
+        "budgets: [{id: b, scope: user, period: day, amount_usd: 10, alert_at: [1.0, 0.5]}]",
+        "t.yaml",
+    )
+    assert rs.budgets[0].alert_at == [0.5, 1.0]
+
+    def crossed(spent: float) -> list[tuple[float, ...]]:
+        reads = {("acme", Scope.user, "u1", "today"): {"cost_usd": spent}}
+        return [h.crossed for h in evaluate_budgets(rs, reads)]
+
+    assert crossed(4.999999) == []
+    assert crossed(5.0) == [(0.5,)]
+    assert crossed(9.999999) == [(0.5,)]
+    assert crossed(10.0) == [(0.5, 1.0)]
+    # Another scope's or window's figures are not this budget's business.
+    assert evaluate_budgets(rs, {("acme", Scope.tenant, "acme", "today"): {"cost_usd": 99}}) == []

@@ -26,6 +26,18 @@ expected ',' or ']', but got ':'
               ^"""
 
 EXPECTED: dict[str, str] = {
+    "budget_bad_fraction.yaml": (
+        "budget_bad_fraction.yaml: budgets[0] (id=monthly).alert_at: each fraction must be in "
+        "(0, 1], got [0.5, 1.5]"
+    ),
+    "budget_zero_amount.yaml": (
+        "budget_zero_amount.yaml: budgets[0] (id=monthly).amount_usd: Input should be greater "
+        "than 0, got 0"
+    ),
+    "budget_bad_period.yaml": (
+        "budget_bad_period.yaml: budgets[0] (id=quarterly).period: Input should be 'day', "
+        "'week' or 'month', got 'quarter'"
+    ),
     "zero_window.yaml": (
         f"zero_window.yaml: rules[0] (id=zero-window).window: must be one of {WINDOW_CHOICES}, "
         "got '0s'"
