@@ -6,7 +6,7 @@ import hashlib
 from dataclasses import dataclass
 
 from detector.rules.engine import BudgetHit, RuleHit
-from detector.rules.schema import RuleSet
+from detector.rules.schema import GrowthRule, RuleSet, ThresholdRule
 from detector.schemas import Action, Alert, AlertKind, Decision, Scope, Severity, Strictness
 from detector.timefmt import rfc3339
 from detector.windows.buckets import calendar_end_ms
@@ -205,6 +205,13 @@ def explain(hit: RuleHit) -> str:
     'cost_usd over 1h is 72.5 (> 50) for tenant acme'
     """
     rule = hit.rule
+    if isinstance(rule, GrowthRule):
+        ratio = hit.observed / hit.baseline if hit.baseline else 0.0
+        return (
+            f"{rule.metric} over {rule.window} is {_number(hit.observed)}, {ratio:.1f}x the "
+            f"{_number(hit.baseline or 0)} of {rule.compared_to} earlier (limit "
+            f"{_number(rule.factor)}x) for {hit.scope.value} {hit.entity_id}"
+        )
     return (
         f"{rule.metric} over {rule.window} is {_number(hit.observed)} "
         f"({rule.op.value} {_number(rule.threshold)}) for {hit.scope.value} {hit.entity_id}"
@@ -247,7 +254,12 @@ def _alert(
         window=rule.window,
         metric=rule.metric,
         observed=round(hit.observed, 6),
-        threshold=rule.threshold,
+        threshold=(
+            rule.threshold
+            if isinstance(rule, ThresholdRule)
+            else round(rule.factor * (hit.baseline or 0), 6)
+        ),
+        expected=hit.baseline,
         action=action,
         until=decision.until if decision else None,
         shadow=rule.shadow,

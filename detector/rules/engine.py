@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from detector.rules.schema import BudgetRule, Comparison, RuleSet, ThresholdRule
+from detector.rules.schema import BudgetRule, Comparison, GrowthRule, RuleSet, ThresholdRule
 from detector.schemas import Scope
 
 
@@ -13,12 +13,13 @@ from detector.schemas import Scope
 class RuleHit:
     """One rule crossed for one entity."""
 
-    rule: ThresholdRule
+    rule: ThresholdRule | GrowthRule
     tenant_id: str
     scope: Scope
     entity_id: str
     observed: float
     metrics: Mapping[str, float]
+    baseline: float | None = None  # a growth rule's figure one period earlier
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +50,7 @@ def reads_needed(rules: RuleSet, touched: Iterable[Target]) -> list[WindowRead]:
     """
     windows_by_scope: dict[Scope, list[str]] = {}
     wanted = [(r.scope, r.window) for r in rules.rules]
+    wanted += [(r.scope, r.earlier_window) for r in rules.rules if isinstance(r, GrowthRule)]
     wanted += [(b.scope, b.window) for b in rules.budgets]
     for scope, window in wanted:
         found = windows_by_scope.setdefault(scope, [])
@@ -93,12 +95,39 @@ def evaluate_rules(
         for rule in rules.rules:
             if rule.scope is not scope or rule.window != window:
                 continue
+            if isinstance(rule, GrowthRule):
+                earlier = windows.get((tenant, scope, entity, rule.earlier_window))
+                hit = grown(rule, metrics, earlier or {})
+                if hit is not None:
+                    observed, baseline = hit
+                    hits.append(RuleHit(rule, tenant, scope, entity, observed, metrics, baseline))
+                continue
             if metrics.get("requests", 0.0) < rule.min_requests:
                 continue
             observed = metric_value(metrics, rule.metric)
             if crosses(rule, observed):
                 hits.append(RuleHit(rule, tenant, scope, entity, observed, metrics))
     return hits
+
+
+def grown(
+    rule: GrowthRule, now: Mapping[str, float], earlier: Mapping[str, float]
+) -> tuple[float, float] | None:
+    """(current, earlier) figures when the metric grew by the rule's factor from a big enough
+    base; None otherwise.
+
+    >>> from detector.rules.loader import parse_rules
+    >>> rs = parse_rules("rules: [{id: g, kind: growth, scope: tenant, window: 1d, vs: 1d, "
+    ...                  "factor: 3, min_base: 10}]", "t.yaml")
+    >>> grown(rs.rules[0], {"cost_usd": 31}, {"cost_usd": 10}), grown(
+    ...     rs.rules[0], {"cost_usd": 5}, {"cost_usd": 0.01})
+    ((31, 10), None)
+    """
+    current = metric_value(now, rule.metric)
+    base = metric_value(earlier, rule.metric)
+    if base <= 0 or base < rule.min_base:
+        return None
+    return (current, base) if current >= rule.factor * base else None
 
 
 def evaluate_budgets(

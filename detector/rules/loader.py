@@ -38,8 +38,13 @@ def parse_rules(text: str, source: str) -> RuleSet:
         raise RulesError("\n".join(_describe(source, data, err) for err in exc.errors())) from exc
 
 
+RULE_KIND_TAGS = ("threshold", "growth")
+
+
 def _describe(source: str, data: dict[str, Any], err: Any) -> str:
     loc = list(err["loc"])
+    if len(loc) > 2 and loc[0] == "rules" and loc[2] in RULE_KIND_TAGS:
+        del loc[2]  # the union's branch name, not a field of the file
     where = ""
     for part in loc:
         if isinstance(part, int):

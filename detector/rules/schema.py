@@ -3,12 +3,27 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
 
 from detector.schemas import Action, Scope, Severity
-from detector.windows.buckets import WINDOWS, parse_duration_s
+from detector.windows.buckets import (
+    BUCKET_SIZES,
+    SLIDING_WINDOWS,
+    WINDOW_LENGTH_S,
+    WINDOWS,
+    parse_duration_s,
+    shifted,
+)
 
 BASE_METRICS = (
     "cost_usd",
@@ -34,6 +49,36 @@ class _Strict(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+def _known_metric(value: str) -> str:
+    if value not in RULE_METRICS:
+        raise ValueError(f"must be one of {', '.join(RULE_METRICS)}")
+    return value
+
+
+def _duration_s(value: object) -> int:
+    message = "must be a duration such as 30s, 15m, 1h or 1d"
+    if isinstance(value, bool):
+        raise ValueError(message)
+    if isinstance(value, int):
+        seconds = value
+    elif isinstance(value, str):
+        try:
+            seconds = parse_duration_s(value)
+        except ValueError:
+            raise ValueError(message) from None
+    else:
+        raise ValueError(message)
+    if seconds <= 0:
+        raise ValueError("must be > 0s")
+    return seconds
+
+
+def _rule_action(value: Action) -> Action:
+    if value is Action.allow:
+        raise ValueError("must be alert, throttle or block (allow is for overrides)")
+    return value
+
+
 class ThresholdRule(_Strict):
     """Fire when one window metric of an entity crosses a fixed threshold."""
 
@@ -53,43 +98,15 @@ class ThresholdRule(_Strict):
     cooldown_s: int = Field(default=600, alias="cooldown")
     shadow: bool = False
 
-    @field_validator("metric")
-    @classmethod
-    def _known_metric(cls, value: str) -> str:
-        if value not in RULE_METRICS:
-            raise ValueError(f"must be one of {', '.join(RULE_METRICS)}")
-        return value
+    _metric = field_validator("metric")(_known_metric)
+    _durations = field_validator("for_s", "cooldown_s", mode="before")(_duration_s)
+    _action = field_validator("action")(_rule_action)
 
     @field_validator("window")
     @classmethod
     def _known_window(cls, value: str) -> str:
         if value not in WINDOWS:
             raise ValueError(f"must be one of {', '.join(WINDOWS)}")
-        return value
-
-    @field_validator("for_s", "cooldown_s", mode="before")
-    @classmethod
-    def _duration(cls, value: object) -> int:
-        if isinstance(value, bool):
-            raise ValueError("must be a duration such as 30s, 15m, 1h or 1d")
-        if isinstance(value, int):
-            seconds = value
-        elif isinstance(value, str):
-            try:
-                seconds = parse_duration_s(value)
-            except ValueError:
-                raise ValueError("must be a duration such as 30s, 15m, 1h or 1d") from None
-        else:
-            raise ValueError("must be a duration such as 30s, 15m, 1h or 1d")
-        if seconds <= 0:
-            raise ValueError("must be > 0s")
-        return seconds
-
-    @field_validator("action")
-    @classmethod
-    def _rule_action(cls, value: Action) -> Action:
-        if value is Action.allow:
-            raise ValueError("must be alert, throttle or block (allow is for overrides)")
         return value
 
     @model_validator(mode="after")
@@ -101,6 +118,78 @@ class ThresholdRule(_Strict):
             )
         return self
 
+
+class GrowthRule(_Strict):
+    """Fire when a window grew by a factor over the same window one period earlier."""
+
+    id: str = Field(pattern=RULE_ID_PATTERN)
+    kind: Literal["growth"]
+    description: str = ""
+    scope: Scope
+    metric: str = "cost_usd"
+    window: str
+    compared_to: str = Field(alias="vs")  # how much earlier: 1h, 1d, 7d
+    factor: float = Field(gt=1, strict=True)
+    min_base: float = Field(default=0, ge=0, strict=True)
+    action: Action = Action.alert
+    for_s: int = Field(default=900, alias="for")
+    retry_after_s: int | None = Field(default=None, ge=1)
+    severity: Severity = Severity.warning
+    cooldown_s: int = Field(default=3600, alias="cooldown")
+    shadow: bool = False
+
+    _metric = field_validator("metric")(_known_metric)
+    _durations = field_validator("for_s", "cooldown_s", mode="before")(_duration_s)
+    _action = field_validator("action")(_rule_action)
+
+    @field_validator("window")
+    @classmethod
+    def _sliding_window(cls, value: str) -> str:
+        if value not in WINDOW_LENGTH_S:
+            raise ValueError(f"must be a sliding window: {', '.join(WINDOW_LENGTH_S)}")
+        return value
+
+    @field_validator("compared_to")
+    @classmethod
+    def _period(cls, value: str) -> str:
+        if value not in ("1h", "1d", "7d"):
+            raise ValueError("must be 1h, 1d or 7d")
+        return value
+
+    @model_validator(mode="after")
+    def _history_kept(self) -> GrowthRule:
+        earlier_s = parse_duration_s(self.compared_to)
+        size_s, _ = SLIDING_WINDOWS[self.window]
+        kept_s = next(b.retention_s for b in BUCKET_SIZES if b.size_s == size_s)
+        if earlier_s + WINDOW_LENGTH_S[self.window] > kept_s:
+            raise ValueError(
+                f"vs: the {self.window} window is not kept long enough to compare with "
+                f"{self.compared_to} earlier, got {self.compared_to!r}"
+            )
+        if self.scope is Scope.global_ and self.action is not Action.alert:
+            raise ValueError("action: a global rule can only alert")
+        return self
+
+    @property
+    def earlier_window(self) -> str:
+        return shifted(self.window, parse_duration_s(self.compared_to))
+
+
+def _rule_kind(value: object) -> str:
+    # Anything that is not a mapping goes to the threshold branch, which says what is wrong.
+    if isinstance(value, dict):
+        return str(value.get("kind", "threshold"))
+    return str(getattr(value, "kind", "threshold"))
+
+
+Rule = Annotated[
+    Annotated[ThresholdRule, Tag("threshold")] | Annotated[GrowthRule, Tag("growth")],
+    Discriminator(
+        _rule_kind,
+        custom_error_type="unknown_kind",
+        custom_error_message="kind: must be threshold or growth",
+    ),
+]
 
 PERIOD_WINDOWS = {"day": "today", "week": "week", "month": "month"}
 
@@ -167,7 +256,7 @@ class RuleSet(_Strict):
     """The whole rules.yaml file."""
 
     version: Literal[1] = 1
-    rules: list[ThresholdRule] = Field(default_factory=list)
+    rules: list[Rule] = Field(default_factory=list)
     budgets: list[BudgetRule] = Field(default_factory=list)
     allow_list: dict[Scope, list[str]] = Field(default_factory=dict)
 

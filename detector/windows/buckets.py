@@ -96,14 +96,30 @@ def writable_buckets(
     return out
 
 
+def shifted(window: str, earlier_s: int) -> str:
+    """Name of `window` read `earlier_s` seconds in the past (for growth rules).
+
+    >>> shifted("1h", 3600)
+    '1h@-3600s'
+    """
+    return f"{window}@-{earlier_s}s"
+
+
 def window_buckets(window: str, now_ms: int) -> tuple[int, list[int]]:
     """(bucket size, bucket starts) summed to read `window` at now_ms.
+
+    A name made by `shifted` reads the window as it was that long before now_ms.
 
     >>> window_buckets("5m", 600_000)
     (60, [360000, 420000, 480000, 540000, 600000])
     >>> window_buckets("today", 86_400_000 + 5)
     (86400, [86400000])
+    >>> window_buckets("1m@-60s", 600_000)
+    (60, [540000])
     """
+    if "@-" in window:
+        base, _, earlier = window.partition("@-")
+        return window_buckets(base, now_ms - parse_duration_s(earlier) * 1000)
     if window in SLIDING_WINDOWS:
         size_s, count = SLIDING_WINDOWS[window]
         last = bucket_start_ms(now_ms, size_s)

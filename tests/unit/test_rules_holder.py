@@ -8,6 +8,7 @@ import pytest
 
 from detector.errors import RulesError
 from detector.rules.holder import RulesHolder
+from detector.rules.schema import RuleSet, ThresholdRule
 
 GOOD = """\
 rules:
@@ -75,7 +76,7 @@ def test_reload_takes_a_good_file(rules_path: Path) -> None:
     write(rules_path, BETTER, 2_000_000_000_000_000_000)
     assert holder.reload() is True
     assert [r.id for r in holder().rules] == ["first", "second"]
-    assert holder().rules[0].threshold == 20
+    assert threshold_of(holder()) == 20
 
 
 def test_reload_keeps_old_rules_on_a_bad_file(
@@ -117,12 +118,12 @@ def test_bad_edit_then_fix(rules_path: Path) -> None:
     holder = RulesHolder(rules_path)
     write(rules_path, BAD, 2_000_000_000_000_000_000)
     assert holder.reload_if_changed() is False
-    assert holder().rules[0].threshold == 10
+    assert threshold_of(holder()) == 10
     # The same bad file is not retried on every tick.
     assert holder.reload_if_changed() is False
     write(rules_path, BETTER, 3_000_000_000_000_000_000)
     assert holder.reload_if_changed() is True
-    assert holder().rules[0].threshold == 20
+    assert threshold_of(holder()) == 20
 
 
 def test_same_mtime_hides_an_edit(rules_path: Path) -> None:
@@ -139,3 +140,9 @@ def test_reload_keeps_old_rules_on_a_non_utf8_file(rules_path: Path) -> None:
     rules_path.write_bytes(GOOD.replace("first", "caf\xe9").encode("latin-1"))
     assert holder.reload() is False
     assert holder() is before
+
+
+def threshold_of(rules: RuleSet) -> float:
+    rule = rules.rules[0]
+    assert isinstance(rule, ThresholdRule)
+    return rule.threshold

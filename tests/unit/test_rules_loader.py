@@ -6,6 +6,7 @@ import pytest
 
 from detector.errors import RulesError
 from detector.rules.loader import load_rules, parse_rules
+from detector.rules.schema import ThresholdRule
 from detector.schemas import Action, Scope
 
 REPO = Path(__file__).resolve().parents[2]
@@ -26,6 +27,13 @@ expected ',' or ']', but got ':'
               ^"""
 
 EXPECTED: dict[str, str] = {
+    "growth_history_not_kept.yaml": (
+        "growth_history_not_kept.yaml: rules[0] (id=hour-vs-yesterday): vs: the 1h window is "
+        "not kept long enough to compare with 1d earlier, got '1d'"
+    ),
+    "unknown_kind.yaml": (
+        "unknown_kind.yaml: rules[0] (id=fancy): kind: must be threshold or growth"
+    ),
     "budget_bad_fraction.yaml": (
         "budget_bad_fraction.yaml: budgets[0] (id=monthly).alert_at: each fraction must be in "
         "(0, 1], got [0.5, 1.5]"
@@ -153,9 +161,13 @@ def test_repository_rules_file_loads() -> None:
         "session-runaway",
         "api-key-daily-spend",
         "tenant-error-rate",
+        "tenant-day-over-day",
         "feature-hourly-spend-trial",
     ]
+    assert [b.id for b in rules.budgets] == ["tenant-monthly-budget", "api-key-daily-budget"]
+    assert rules.budgets[0].amount_for("acme") == 5000
     burst = by_id["tenant-spend-burst"]
+    assert isinstance(burst, ThresholdRule)
     assert (burst.scope, burst.window, burst.threshold, burst.action) == (
         Scope.tenant,
         "5m",
