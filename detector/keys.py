@@ -32,6 +32,21 @@ def seen_key(tenant: str, event_id: str) -> str:
     return f"det:seen:{_tag(tenant)}:{event_id}"
 
 
+def first_seen_key(tenant: str, scope: str, entity: str) -> str:
+    """When an entity was first seen (epoch ms), for rules about new entities."""
+    return f"det:first:{_tag(tenant)}:{scope}:{entity}"
+
+
+def key_users_key(tenant: str, api_key: str, hour_start_ms: int) -> str:
+    """HyperLogLog of the distinct users of one API key in one hour."""
+    return f"det:hll:{_tag(tenant)}:users:{api_key}:{hour_start_ms}"
+
+
+def key_tenants_key(api_key: str, hour_start_ms: int) -> str:
+    """HyperLogLog of the distinct tenants an API key id was used from in one hour."""
+    return f"det:hll:{_tag(GLOBAL_TENANT)}:tenants:{api_key}:{hour_start_ms}"
+
+
 def decision_key(tenant: str, scope: str, entity: str) -> str:
     """Hash holding the current decision for one entity; expires with the decision."""
     return f"det:dec:{_tag(tenant)}:{scope}:{entity}"

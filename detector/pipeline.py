@@ -16,12 +16,19 @@ from detector.errors import BadEvent
 from detector.ingest.decode import decode_event
 from detector.keys import GLOBAL_TENANT
 from detector.pricing import PriceTable, price_event
-from detector.rules.engine import WindowRead, evaluate_budgets, evaluate_rules, reads_needed
-from detector.rules.schema import RuleSet
+from detector.rules.engine import (
+    AbuseFacts,
+    WindowRead,
+    evaluate_abuse,
+    evaluate_budgets,
+    evaluate_rules,
+    reads_needed,
+)
+from detector.rules.schema import AbuseRule, RuleSet
 from detector.schemas import Alert, Decision, Scope
 from detector.sinks.base import Outputs
-from detector.windows.buckets import DAY_S, MAX_RETENTION_S, calendar_end_ms
-from detector.windows.counters import PricedEvent, WindowStore
+from detector.windows.buckets import DAY_S, MAX_RETENTION_S, WINDOW_LENGTH_S, calendar_end_ms
+from detector.windows.counters import ApplyResult, PricedEvent, WindowStore
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +80,11 @@ async def handle_batch(messages: Sequence[RawMessage], deps: Deps, now_ms: int) 
         targets = [(t.tenant_id, t.scope, t.entity_id) for t in applied.touched]
         reads = reads_needed(rules, targets)
         sums = dict(zip(reads, await deps.windows.read_windows(reads, eval_ms), strict=True))
-        outcomes = decide(rules, evaluate_rules(rules, sums), eval_ms, now_ms)
+        hits = evaluate_rules(rules, sums)
+        if any(isinstance(r, AbuseRule) for r in rules.rules):
+            facts = await _abuse_facts(rules, applied, deps, eval_ms)
+            hits += evaluate_abuse(rules, sums, facts, eval_ms)
+        outcomes = decide(rules, hits, eval_ms, now_ms)
         alerting = [
             o
             for o in outcomes
@@ -122,6 +133,33 @@ async def _unpriced_alerts(items: list[PricedEvent], deps: Deps, now_ms: int) ->
             first = events[0].event
             alerts.append(unpriced_alert(model, first.tenant_id, len(events), first.ts_ms, now_ms))
     return alerts
+
+
+async def _abuse_facts(
+    rules: RuleSet, applied: ApplyResult, deps: Deps, eval_ms: int
+) -> AbuseFacts:
+    """First-seen times and API key reach for the entities the batch touched."""
+    abuse = [r for r in rules.rules if isinstance(r, AbuseRule)]
+    new_scopes = {r.target_scope for r in abuse if r.pattern == "new_entity_burst"}
+    targets = [
+        (t.tenant_id, t.scope, t.entity_id) for t in applied.touched if t.scope in new_scopes
+    ]
+    first = await deps.windows.reach.first_seen(targets, eval_ms) if targets else []
+    shared = [r for r in abuse if r.pattern == "shared_key"]
+    reach: dict[tuple[str, str], tuple[int, int]] = {}
+    if shared:
+        users = any(r.max_users is not None for r in shared)
+        tenants = any(r.max_tenants is not None for r in shared)
+        await deps.windows.reach.add_key_use(
+            (it.event for it in applied.applied), users=users, tenants=tenants
+        )
+        api_keys = sorted(
+            (t.tenant_id, t.entity_id) for t in applied.touched if t.scope is Scope.api_key
+        )
+        window_s = max(WINDOW_LENGTH_S[r.window] for r in shared)
+        counts = await deps.windows.reach.key_reach(api_keys, window_s, eval_ms)
+        reach = dict(zip(api_keys, counts, strict=True))
+    return AbuseFacts(dict(zip(targets, first, strict=True)), reach)
 
 
 async def _budget_outcomes(

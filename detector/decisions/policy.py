@@ -6,7 +6,7 @@ import hashlib
 from dataclasses import dataclass
 
 from detector.rules.engine import BudgetHit, RuleHit
-from detector.rules.schema import GrowthRule, RuleSet, ThresholdRule
+from detector.rules.schema import AbuseRule, GrowthRule, RuleSet
 from detector.schemas import Action, Alert, AlertKind, Decision, Scope, Severity, Strictness
 from detector.timefmt import rfc3339
 from detector.windows.buckets import calendar_end_ms
@@ -205,6 +205,23 @@ def explain(hit: RuleHit) -> str:
     'cost_usd over 1h is 72.5 (> 50) for tenant acme'
     """
     rule = hit.rule
+    if isinstance(rule, AbuseRule):
+        limit = _number(hit.limit or 0)
+        new = f"new {hit.scope.value} (first seen less than {rule.new_within_s}s ago)"
+        what = {
+            "runaway_session": "runaway session",
+            "new_entity_burst": new,
+            "shared_key": "shared API key",
+        }[rule.pattern]
+        over = (
+            f"{hit.figure} over {rule.window}"
+            if hit.figure in ("requests", "cost_usd")
+            else (f"{hit.figure} over {rule.window} (hourly counts)")
+        )
+        return (
+            f"{what}: {over} is {_number(hit.observed)} (> {limit}) for "
+            f"{hit.scope.value} {hit.entity_id}"
+        )
     if isinstance(rule, GrowthRule):
         ratio = hit.observed / hit.baseline if hit.baseline else 0.0
         return (
@@ -243,22 +260,25 @@ def _alert(
         message += f"; {rule.action.value} until {decision.until}"
     elif allowed and rule.action is not Action.alert:
         message += f" (allow-listed: {rule.action.value} not applied)"
+    if isinstance(rule, AbuseRule):
+        kind, metric, threshold = AlertKind.abuse, hit.figure, hit.limit
+    elif isinstance(rule, GrowthRule):
+        kind, metric = AlertKind.rule, rule.metric
+        threshold = round(rule.factor * (hit.baseline or 0), 6)
+    else:
+        kind, metric, threshold = AlertKind.rule, rule.metric, rule.threshold
     return Alert(
         alert_id=digest,
-        kind=AlertKind.rule,
+        kind=kind,
         rule_id=rule.id,
         severity=rule.severity,
         tenant_id=hit.tenant_id,
-        scope=hit.scope if hit.scope is not Scope.global_ else Scope.global_,
+        scope=hit.scope,
         entity_id=hit.entity_id,
         window=rule.window,
-        metric=rule.metric,
+        metric=metric,
         observed=round(hit.observed, 6),
-        threshold=(
-            rule.threshold
-            if isinstance(rule, ThresholdRule)
-            else round(rule.factor * (hit.baseline or 0), 6)
-        ),
+        threshold=threshold,
         expected=hit.baseline,
         action=action,
         until=decision.until if decision else None,

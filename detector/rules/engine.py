@@ -5,7 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from detector.rules.schema import BudgetRule, Comparison, GrowthRule, RuleSet, ThresholdRule
+from detector.rules.schema import (
+    AbuseRule,
+    BudgetRule,
+    Comparison,
+    GrowthRule,
+    RuleSet,
+    ThresholdRule,
+)
 from detector.schemas import Scope
 
 
@@ -13,13 +20,15 @@ from detector.schemas import Scope
 class RuleHit:
     """One rule crossed for one entity."""
 
-    rule: ThresholdRule | GrowthRule
+    rule: ThresholdRule | GrowthRule | AbuseRule
     tenant_id: str
     scope: Scope
     entity_id: str
     observed: float
     metrics: Mapping[str, float]
     baseline: float | None = None  # a growth rule's figure one period earlier
+    figure: str = ""  # an abuse pattern's figure that crossed its limit
+    limit: float | None = None  # ... and that limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +58,7 @@ def reads_needed(rules: RuleSet, touched: Iterable[Target]) -> list[WindowRead]:
     [('acme', <Scope.tenant: 'tenant'>, 'acme', '1h')]
     """
     windows_by_scope: dict[Scope, list[str]] = {}
-    wanted = [(r.scope, r.window) for r in rules.rules]
+    wanted = [(rule_scope(r), r.window) for r in rules.rules]
     wanted += [(r.scope, r.earlier_window) for r in rules.rules if isinstance(r, GrowthRule)]
     wanted += [(b.scope, b.window) for b in rules.budgets]
     for scope, window in wanted:
@@ -61,6 +70,11 @@ def reads_needed(rules: RuleSet, touched: Iterable[Target]) -> list[WindowRead]:
         for window in windows_by_scope.get(scope, ()):
             out.append((tenant, scope, entity, window))
     return out
+
+
+def rule_scope(rule: ThresholdRule | GrowthRule | AbuseRule) -> Scope:
+    """The kind of entity a rule watches."""
+    return rule.target_scope if isinstance(rule, AbuseRule) else rule.scope
 
 
 def metric_value(metrics: Mapping[str, float], name: str) -> float:
@@ -93,7 +107,7 @@ def evaluate_rules(
     hits: list[RuleHit] = []
     for (tenant, scope, entity, window), metrics in windows.items():
         for rule in rules.rules:
-            if rule.scope is not scope or rule.window != window:
+            if isinstance(rule, AbuseRule) or rule.scope is not scope or rule.window != window:
                 continue
             if isinstance(rule, GrowthRule):
                 earlier = windows.get((tenant, scope, entity, rule.earlier_window))
@@ -153,3 +167,71 @@ def evaluate_budgets(
             if crossed:
                 hits.append(BudgetHit(budget, tenant, scope, entity, spent, amount, crossed))
     return hits
+
+
+@dataclass(frozen=True, slots=True)
+class AbuseFacts:
+    """What the abuse patterns need beyond window sums, fetched for the touched entities."""
+
+    first_seen_ms: Mapping[Target, int | None]
+    key_reach: Mapping[tuple[str, str], tuple[int, int]]  # (tenant, key) -> (users, tenants)
+
+
+def evaluate_abuse(
+    rules: RuleSet,
+    windows: Mapping[WindowRead, Mapping[str, float]],
+    facts: AbuseFacts,
+    now_ms: int,
+) -> list[RuleHit]:
+    """Hits of the built-in abuse patterns on the touched entities."""
+    hits: list[RuleHit] = []
+    for rule in rules.rules:
+        if not isinstance(rule, AbuseRule):
+            continue
+        if rule.pattern == "shared_key":
+            for (tenant, key), (users, tenants) in facts.key_reach.items():
+                crossed = _over(("distinct_users", users, rule.max_users),
+                                ("distinct_tenants", tenants, rule.max_tenants))  # fmt: skip
+                if crossed:
+                    hits.append(_abuse_hit(rule, tenant, Scope.api_key, key, {}, crossed))
+            continue
+        for (tenant, scope, entity, window), metrics in windows.items():
+            if scope is not rule.target_scope or window != rule.window:
+                continue
+            if rule.pattern == "runaway_session":
+                crossed = _over(
+                    ("requests", metrics.get("requests", 0.0), rule.max_requests),
+                    ("cost_usd", metrics.get("cost_usd", 0.0), rule.max_cost_usd),
+                )
+            else:
+                first = facts.first_seen_ms.get((tenant, scope, entity))
+                if first is None or now_ms - first > rule.new_within_s * 1000:
+                    continue
+                crossed = _over(("cost_usd", metrics.get("cost_usd", 0.0), rule.max_cost_usd))
+            if crossed:
+                hits.append(_abuse_hit(rule, tenant, scope, entity, metrics, crossed))
+    return hits
+
+
+def _over(*checks: tuple[str, float, float | None]) -> tuple[str, float, float] | None:
+    """The first (figure, value, limit) whose value is above its limit.
+
+    >>> _over(("requests", 10, 50), ("cost_usd", 12.5, 10.0))
+    ('cost_usd', 12.5, 10.0)
+    """
+    for name, value, limit in checks:
+        if limit is not None and value > limit:
+            return name, value, limit
+    return None
+
+
+def _abuse_hit(
+    rule: AbuseRule,
+    tenant: str,
+    scope: Scope,
+    entity: str,
+    metrics: Mapping[str, float],
+    crossed: tuple[str, float, float],
+) -> RuleHit:
+    figure, value, limit = crossed
+    return RuleHit(rule, tenant, scope, entity, value, metrics, figure=figure, limit=limit)

@@ -38,7 +38,7 @@ def parse_rules(text: str, source: str) -> RuleSet:
         raise RulesError("\n".join(_describe(source, data, err) for err in exc.errors())) from exc
 
 
-RULE_KIND_TAGS = ("threshold", "growth")
+RULE_KIND_TAGS = ("threshold", "growth", "abuse")
 
 
 def _describe(source: str, data: dict[str, Any], err: Any) -> str:

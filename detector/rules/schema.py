@@ -175,6 +175,71 @@ class GrowthRule(_Strict):
         return shifted(self.window, parse_duration_s(self.compared_to))
 
 
+ABUSE_SCOPES = {
+    "runaway_session": (Scope.session,),
+    "new_entity_burst": (Scope.user, Scope.api_key),
+    "shared_key": (Scope.api_key,),
+}
+
+
+class AbuseRule(_Strict):
+    """A built-in abuse pattern with its limits.
+
+    runaway_session: one session's requests or cost within `window` above a limit (the
+    prompt-injected agent loop). new_entity_burst: a user or key first seen less than
+    `new_within` ago spending more than `max_cost_usd` within `window`. shared_key: an API key
+    used by more than `max_users` distinct users, or from more than `max_tenants` tenants,
+    within `window` (counted per hour, so a window rounds up to whole hours).
+    """
+
+    id: str = Field(pattern=RULE_ID_PATTERN)
+    kind: Literal["abuse"]
+    pattern: Literal["runaway_session", "new_entity_burst", "shared_key"]
+    description: str = ""
+    scope: Scope | None = None
+    window: str = "5m"
+    max_requests: int | None = Field(default=None, ge=1)
+    max_cost_usd: float | None = Field(default=None, gt=0, strict=True)
+    new_within_s: int = Field(default=86400, alias="new_within")
+    max_users: int | None = Field(default=None, ge=1)
+    max_tenants: int | None = Field(default=None, ge=1)
+    action: Action = Action.alert
+    for_s: int = Field(default=900, alias="for")
+    retry_after_s: int | None = Field(default=None, ge=1)
+    severity: Severity = Severity.critical
+    cooldown_s: int = Field(default=600, alias="cooldown")
+    shadow: bool = False
+
+    _durations = field_validator("for_s", "cooldown_s", "new_within_s", mode="before")(_duration_s)
+    _action = field_validator("action")(_rule_action)
+
+    @field_validator("window")
+    @classmethod
+    def _sliding_window(cls, value: str) -> str:
+        if value not in WINDOW_LENGTH_S:
+            raise ValueError(f"must be a sliding window: {', '.join(WINDOW_LENGTH_S)}")
+        return value
+
+    @model_validator(mode="after")
+    def _limits_fit_pattern(self) -> AbuseRule:
+        allowed = ABUSE_SCOPES[self.pattern]
+        if self.scope is not None and self.scope not in allowed:
+            names = " or ".join(s.value for s in allowed)
+            raise ValueError(f"scope: {self.pattern} watches {names}, got {self.scope.value!r}")
+        needs = {
+            "runaway_session": ("max_requests", "max_cost_usd"),
+            "new_entity_burst": ("max_cost_usd",),
+            "shared_key": ("max_users", "max_tenants"),
+        }[self.pattern]
+        if all(getattr(self, name) is None for name in needs):
+            raise ValueError(f"{self.pattern} needs {' or '.join(needs)}")
+        return self
+
+    @property
+    def target_scope(self) -> Scope:
+        return self.scope or ABUSE_SCOPES[self.pattern][0]
+
+
 def _rule_kind(value: object) -> str:
     # Anything that is not a mapping goes to the threshold branch, which says what is wrong.
     if isinstance(value, dict):
@@ -183,11 +248,13 @@ def _rule_kind(value: object) -> str:
 
 
 Rule = Annotated[
-    Annotated[ThresholdRule, Tag("threshold")] | Annotated[GrowthRule, Tag("growth")],
+    Annotated[ThresholdRule, Tag("threshold")]
+    | Annotated[GrowthRule, Tag("growth")]
+    | Annotated[AbuseRule, Tag("abuse")],
     Discriminator(
         _rule_kind,
         custom_error_type="unknown_kind",
-        custom_error_message="kind: must be threshold or growth",
+        custom_error_message="kind: must be threshold, growth or abuse",
     ),
 ]
 

@@ -37,6 +37,7 @@ from detector.windows.buckets import (
     window_buckets,
     writable_buckets,
 )
+from detector.windows.reach import ReachStore
 
 # Metrics in the order of their counters in a bucket. Money is in integer micro-dollars.
 METRICS: tuple[str, ...] = (
@@ -213,6 +214,7 @@ class WindowStore:
         self._allowed_lateness_ms = (
             None if allowed_lateness_s is None else allowed_lateness_s * 1000
         )
+        self.reach = ReachStore(redis)
         self._apply = redis.register_script(_APPLY_LUA)
         self._sum = redis.register_script(_SUM_LUA)
 

@@ -32,7 +32,7 @@ EXPECTED: dict[str, str] = {
         "not kept long enough to compare with 1d earlier, got '1d'"
     ),
     "unknown_kind.yaml": (
-        "unknown_kind.yaml: rules[0] (id=fancy): kind: must be threshold or growth"
+        "unknown_kind.yaml: rules[0] (id=fancy): kind: must be threshold, growth or abuse"
     ),
     "budget_bad_fraction.yaml": (
         "budget_bad_fraction.yaml: budgets[0] (id=monthly).alert_at: each fraction must be in "
@@ -159,6 +159,8 @@ def test_repository_rules_file_loads() -> None:
         "tenant-spend-burst",
         "user-hourly-spend",
         "session-runaway",
+        "new-key-burst",
+        "shared-key",
         "api-key-daily-spend",
         "tenant-error-rate",
         "tenant-day-over-day",
