@@ -24,11 +24,11 @@ from detector.rules.engine import (
     evaluate_rules,
     reads_needed,
 )
-from detector.rules.schema import AbuseRule, RuleSet
-from detector.schemas import Alert, Decision, Scope
+from detector.rules.schema import AbuseRule, RuleSet, ThresholdRule
+from detector.schemas import Alert, Decision, Scope, UsageEvent
 from detector.sinks.base import Outputs
 from detector.windows.buckets import DAY_S, MAX_RETENTION_S, WINDOW_LENGTH_S, calendar_end_ms
-from detector.windows.counters import ApplyResult, PricedEvent, WindowStore
+from detector.windows.counters import ApplyResult, PricedEvent, WindowStore, series_prefix
 
 log = logging.getLogger(__name__)
 
@@ -67,14 +67,14 @@ async def handle_batch(messages: Sequence[RawMessage], deps: Deps, now_ms: int) 
             continue
         priced.append(PricedEvent(event, price_event(event, deps.prices)))
 
-    applied = await deps.windows.apply_batch(priced, now_ms)
+    rules = deps.rules()
+    applied = await deps.windows.apply_batch(priced, now_ms, filtered_series(rules))
     result.applied, result.duplicates = len(applied.applied), len(applied.duplicates)
     late_before_ms = now_ms - settings.allowed_lateness_s * 1000
     result.late = sum(1 for it in applied.applied if it.event.ts_ms < late_before_ms)
     result.alerts.extend(await _unpriced_alerts(applied.applied, deps, now_ms))
 
     if applied.applied:
-        rules = deps.rules()
         # Rules read the windows at event time: the newest event of the batch, never the future.
         eval_ms = min(max(it.event.ts_ms for it in applied.applied), now_ms)
         targets = [(t.tenant_id, t.scope, t.entity_id) for t in applied.touched]
@@ -133,6 +133,22 @@ async def _unpriced_alerts(items: list[PricedEvent], deps: Deps, now_ms: int) ->
             first = events[0].event
             alerts.append(unpriced_alert(model, first.tenant_id, len(events), first.ts_ms, now_ms))
     return alerts
+
+
+def filtered_series(rules: RuleSet) -> Callable[[UsageEvent], list[str]] | None:
+    """For rules with a `where`, the series prefixes each matching event also counts under."""
+    chosen = [r for r in rules.rules if isinstance(r, ThresholdRule) and r.series]
+
+    def prefixes(event: UsageEvent) -> list[str]:
+        out = []
+        for rule in chosen:
+            entity = event.entity(rule.scope)
+            if entity is not None and rule.series and rule.matches(event):
+                owner = GLOBAL_TENANT if rule.scope is Scope.global_ else event.tenant_id
+                out.append(series_prefix(owner, rule.series, entity))
+        return out
+
+    return prefixes if chosen else None
 
 
 async def _abuse_facts(

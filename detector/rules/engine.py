@@ -58,7 +58,10 @@ def reads_needed(rules: RuleSet, touched: Iterable[Target]) -> list[WindowRead]:
     [('acme', <Scope.tenant: 'tenant'>, 'acme', '1h')]
     """
     windows_by_scope: dict[Scope, list[str]] = {}
-    wanted = [(rule_scope(r), r.window) for r in rules.rules]
+    wanted = [
+        (rule_scope(r), r.read_window if isinstance(r, ThresholdRule) else r.window)
+        for r in rules.rules
+    ]
     wanted += [(r.scope, r.earlier_window) for r in rules.rules if isinstance(r, GrowthRule)]
     wanted += [(b.scope, b.window) for b in rules.budgets]
     for scope, window in wanted:
@@ -107,7 +110,9 @@ def evaluate_rules(
     hits: list[RuleHit] = []
     for (tenant, scope, entity, window), metrics in windows.items():
         for rule in rules.rules:
-            if isinstance(rule, AbuseRule) or rule.scope is not scope or rule.window != window:
+            if isinstance(rule, AbuseRule) or rule.scope is not scope:
+                continue
+            if (rule.read_window if isinstance(rule, ThresholdRule) else rule.window) != window:
                 continue
             if isinstance(rule, GrowthRule):
                 earlier = windows.get((tenant, scope, entity, rule.earlier_window))

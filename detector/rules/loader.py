@@ -45,6 +45,7 @@ def _describe(source: str, data: dict[str, Any], err: Any) -> str:
     loc = list(err["loc"])
     if len(loc) > 2 and loc[0] == "rules" and loc[2] in RULE_KIND_TAGS:
         del loc[2]  # the union's branch name, not a field of the file
+    loc = [part for part in loc if part != "[key]"]  # pydantic's marker for a mapping's key
     where = ""
     for part in loc:
         if isinstance(part, int):

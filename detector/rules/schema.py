@@ -15,12 +15,13 @@ from pydantic import (
     model_validator,
 )
 
-from detector.schemas import Action, Scope, Severity
+from detector.schemas import Action, Scope, Severity, UsageEvent
 from detector.windows.buckets import (
     BUCKET_SIZES,
     SLIDING_WINDOWS,
     WINDOW_LENGTH_S,
     WINDOWS,
+    filtered,
     parse_duration_s,
     shifted,
 )
@@ -79,6 +80,30 @@ def _rule_action(value: Action) -> Action:
     return value
 
 
+FilterField = Literal["user", "feature", "model", "api_key", "session", "provider", "status"]
+_FILTER_GETTERS = {
+    "user": lambda e: e.user_id,
+    "feature": lambda e: e.feature,
+    "model": lambda e: e.model,
+    "api_key": lambda e: e.api_key_id,
+    "session": lambda e: e.session_id,
+    "provider": lambda e: e.provider,
+    "status": lambda e: e.status.value,
+}
+
+
+def _pair_scope(value: object) -> object:
+    """`tenant+feature` is the feature scope: every dimension is already within its tenant."""
+    if isinstance(value, str) and "+" in value:
+        parts = [p.strip() for p in value.split("+")]
+        if len(parts) == 2 and "tenant" in parts:
+            return parts[1] if parts[0] == "tenant" else parts[0]
+        raise ValueError(
+            "a pair must be tenant+<scope> (other pairs: use the scope and a `where` filter)"
+        )
+    return value
+
+
 class ThresholdRule(_Strict):
     """Fire when one window metric of an entity crosses a fixed threshold."""
 
@@ -97,10 +122,32 @@ class ThresholdRule(_Strict):
     severity: Severity = Severity.warning
     cooldown_s: int = Field(default=600, alias="cooldown")
     shadow: bool = False
+    where: dict[FilterField, str | list[str]] = Field(default_factory=dict)
 
     _metric = field_validator("metric")(_known_metric)
     _durations = field_validator("for_s", "cooldown_s", mode="before")(_duration_s)
     _action = field_validator("action")(_rule_action)
+    _scope = field_validator("scope", mode="before")(_pair_scope)
+
+    @property
+    def series(self) -> str | None:
+        """Name of the rule's own filtered series, when it has a `where`."""
+        return f"r.{self.id}" if self.where else None
+
+    @property
+    def read_window(self) -> str:
+        """The window name the rule reads: its own series when filtered."""
+        return filtered(self.window, self.series) if self.series else self.window
+
+    def matches(self, event: UsageEvent) -> bool:
+        """True when the event passes every `where` filter."""
+        for name, wanted in self.where.items():
+            value = _FILTER_GETTERS[name](event)
+            if isinstance(wanted, str) and value != wanted:
+                return False
+            if isinstance(wanted, list) and value not in wanted:
+                return False
+        return True
 
     @field_validator("window")
     @classmethod

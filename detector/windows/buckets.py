@@ -105,6 +105,15 @@ def shifted(window: str, earlier_s: int) -> str:
     return f"{window}@-{earlier_s}s"
 
 
+def filtered(window: str, series: str) -> str:
+    """Name of `window` read from a rule's own filtered series instead of the entity's.
+
+    >>> filtered("1h", "r.chat-spend")
+    '1h#r.chat-spend'
+    """
+    return f"{window}#{series}"
+
+
 def window_buckets(window: str, now_ms: int) -> tuple[int, list[int]]:
     """(bucket size, bucket starts) summed to read `window` at now_ms.
 
@@ -117,6 +126,7 @@ def window_buckets(window: str, now_ms: int) -> tuple[int, list[int]]:
     >>> window_buckets("1m@-60s", 600_000)
     (60, [540000])
     """
+    window = window.partition("#")[0]
     if "@-" in window:
         base, _, earlier = window.partition("@-")
         return window_buckets(base, now_ms - parse_duration_s(earlier) * 1000)

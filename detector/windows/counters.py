@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import struct
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import orjson
@@ -218,8 +218,16 @@ class WindowStore:
         self._apply = redis.register_script(_APPLY_LUA)
         self._sum = redis.register_script(_SUM_LUA)
 
-    async def apply_batch(self, batch: Sequence[PricedEvent], now_ms: int) -> ApplyResult:
-        """Count every event of the batch that was not counted before, exactly once."""
+    async def apply_batch(
+        self,
+        batch: Sequence[PricedEvent],
+        now_ms: int,
+        series: Callable[[UsageEvent], list[str]] | None = None,
+    ) -> ApplyResult:
+        """Count every event of the batch that was not counted before, exactly once.
+
+        `series` names extra key prefixes an event also counts under (rules' filtered series).
+        """
         by_tenant: dict[str, dict[str, PricedEvent]] = defaultdict(dict)
         duplicates: list[PricedEvent] = []
         for item in batch:
@@ -234,7 +242,7 @@ class WindowStore:
             tenants = list(todo)
             pipe = self._redis.pipeline(transaction=False)
             for tenant in tenants:
-                payload, deltas = self._payload(todo[tenant], now_ms)
+                payload, deltas = self._payload(todo[tenant], now_ms, series)
                 await self._apply(keys=[dedup_prefix(tenant)], args=[payload, deltas], client=pipe)
             replies = await pipe.execute()
             retry: dict[str, list[PricedEvent]] = {}
@@ -251,7 +259,12 @@ class WindowStore:
             todo = retry
         return ApplyResult(applied, duplicates, touched_entities(applied))
 
-    def _payload(self, items: Sequence[PricedEvent], now_ms: int) -> tuple[bytes, bytes]:
+    def _payload(
+        self,
+        items: Sequence[PricedEvent],
+        now_ms: int,
+        series: Callable[[UsageEvent], list[str]] | None,
+    ) -> tuple[bytes, bytes]:
         """The Lua call's arguments: JSON (dedup groups by hour, bucket keys and expiries)
         and the buckets' summed vectors, packed.
 
@@ -271,7 +284,10 @@ class WindowStore:
             vector = event_vector(it)
             minute_ms = bucket_start_ms(ev.ts_ms, MINUTE_S)
             late = late_before_ms is not None and ev.ts_ms < late_before_ms
-            for prefix in entity_prefixes(ev):
+            prefixes = entity_prefixes(ev)
+            if series is not None:
+                prefixes += series(ev)
+            for prefix in prefixes:
                 slot = (prefix, minute_ms, late)
                 total = minutes.get(slot)
                 minutes[slot] = vector if total is None else _add(total, vector)
@@ -315,7 +331,9 @@ class WindowStore:
             for index in by_owner[owner]:
                 tenant, scope, entity, window = requests[index]
                 size_s, starts = window_buckets(window, now_ms)
-                prefix = f"{entity_prefix(tenant, scope, entity)}{size_s}:"
+                series = window.partition("#")[2]
+                base = series_prefix(owner, series, entity) if series else None
+                prefix = f"{base or entity_prefix(tenant, scope, entity)}{size_s}:"
                 asks.append([f"{prefix}{start}" for start in starts])
             # The one declared key puts the call in the owner's Redis Cluster slot.
             await self._sum(keys=[dedup_prefix(owner)], args=[orjson.dumps(asks)], client=pipe)
@@ -325,6 +343,15 @@ class WindowStore:
             for n, index in enumerate(by_owner[owner]):
                 out[index] = named_metrics(reply[n * WIDTH : (n + 1) * WIDTH])
         return out
+
+
+def series_prefix(tenant: str, series: str, entity: str) -> str:
+    """Key prefix of an entity's buckets in a rule's filtered series.
+
+    >>> series_prefix("acme", "r.chat", "acme")
+    'det:win:{t:acme}:r.chat:acme:'
+    """
+    return keys.window_key(tenant, series, entity, 0, 0)[: -len("0:0")]
 
 
 def entity_prefixes(event: UsageEvent) -> list[str]:

@@ -31,7 +31,7 @@ def run(args: list[str], env: dict[str, str] | None = None) -> subprocess.Comple
 def test_rules_validate_accepts_the_repository_rules() -> None:
     done = run(["rules", "validate", "rules.yaml"])
     assert done.returncode == 0, done.stderr
-    assert "rules.yaml: 9 rules, 2 budgets, OK" in done.stdout
+    assert "rules.yaml: 10 rules, 2 budgets, OK" in done.stdout
 
 
 def test_rules_validate_prints_every_problem_and_exits_1(tmp_path: Path) -> None:

@@ -27,6 +27,14 @@ expected ',' or ']', but got ':'
               ^"""
 
 EXPECTED: dict[str, str] = {
+    "bad_pair.yaml": (
+        "bad_pair.yaml: rules[0] (id=user-model).scope: a pair must be tenant+<scope> (other "
+        "pairs: use the scope and a `where` filter), got 'user+model'"
+    ),
+    "bad_filter.yaml": (
+        "bad_filter.yaml: rules[0] (id=chat).where.colour: Input should be 'user', 'feature', "
+        "'model', 'api_key', 'session', 'provider' or 'status', got 'colour'"
+    ),
     "growth_history_not_kept.yaml": (
         "growth_history_not_kept.yaml: rules[0] (id=hour-vs-yesterday): vs: the 1h window is "
         "not kept long enough to compare with 1d earlier, got '1d'"
@@ -164,6 +172,7 @@ def test_repository_rules_file_loads() -> None:
         "api-key-daily-spend",
         "tenant-error-rate",
         "tenant-day-over-day",
+        "chat-on-frontier-models",
         "feature-hourly-spend-trial",
     ]
     assert [b.id for b in rules.budgets] == ["tenant-monthly-budget", "api-key-daily-budget"]
