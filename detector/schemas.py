@@ -118,6 +118,8 @@ class Decision(BaseModel):
     reason: str
     decided_at: str  # RFC 3339
     shadow: bool = False
+    retry_after_s: int | None = None  # a throttle's suggested wait, when the rule sets one
+    rate_per_min: int | None = None  # a throttle's allowed request rate, when the rule sets one
     source: str = "rule"  # "rule", or "manual" for an override
     actor: str | None = None  # who made a manual override ("api", "cli:<user>")
     lifted: bool = False  # an audit entry for an override or decision lifted early

@@ -82,10 +82,13 @@ async def get_decision(request: web.Request) -> web.Response:
             "action": d.action.value,
             "until": d.until,
             "reason": d.reason,
+            **({"rate_per_min": d.rate_per_min} if d.rate_per_min else {}),
         }
         for d in found
     ]
-    retry_after_s = max(1, (top.until_ms - at_ms + 999) // 1000)
+    # A throttle names its own wait when its rule sets one; otherwise wait until it ends.
+    until_end_s = max(1, (top.until_ms - at_ms + 999) // 1000)
+    retry_after_s = min(top.retry_after_s, until_end_s) if top.retry_after_s else until_end_s
     answer = LookupAnswer(action=top.action, retry_after_s=retry_after_s, reasons=reasons)
     return web.json_response(text=answer.model_dump_json())
 

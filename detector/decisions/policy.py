@@ -48,6 +48,8 @@ def decide(rules: RuleSet, hits: list[RuleHit], event_time_ms: int, now_ms: int)
                 reason=explain(hit),
                 decided_at=rfc3339(now_ms),
                 shadow=rule.shadow,
+                retry_after_s=rule.retry_after_s,
+                rate_per_min=rule.rate_per_min,
             )
         out.append(Outcome(_alert(hit, decision, allowed, event_time_ms, now_ms), decision))
     return out
@@ -137,6 +139,8 @@ def budget_outcome(
             reason=reason,
             decided_at=rfc3339(now_ms),
             shadow=budget.shadow,
+            retry_after_s=budget.retry_after_s,
+            rate_per_min=budget.rate_per_min,
         )
     message = reason
     if decision is not None and budget.shadow:

@@ -119,6 +119,7 @@ class ThresholdRule(_Strict):
     action: Action = Action.alert
     for_s: int = Field(default=900, alias="for")
     retry_after_s: int | None = Field(default=None, ge=1)
+    rate_per_min: int | None = Field(default=None, ge=1)  # a throttle's allowed request rate
     severity: Severity = Severity.warning
     cooldown_s: int = Field(default=600, alias="cooldown")
     shadow: bool = False
@@ -181,6 +182,7 @@ class GrowthRule(_Strict):
     action: Action = Action.alert
     for_s: int = Field(default=900, alias="for")
     retry_after_s: int | None = Field(default=None, ge=1)
+    rate_per_min: int | None = Field(default=None, ge=1)  # a throttle's allowed request rate
     severity: Severity = Severity.warning
     cooldown_s: int = Field(default=3600, alias="cooldown")
     shadow: bool = False
@@ -253,6 +255,7 @@ class AbuseRule(_Strict):
     action: Action = Action.alert
     for_s: int = Field(default=900, alias="for")
     retry_after_s: int | None = Field(default=None, ge=1)
+    rate_per_min: int | None = Field(default=None, ge=1)  # a throttle's allowed request rate
     severity: Severity = Severity.critical
     cooldown_s: int = Field(default=600, alias="cooldown")
     shadow: bool = False
@@ -322,6 +325,7 @@ class BudgetRule(_Strict):
     alert_at: list[float] = Field(default_factory=lambda: [0.5, 0.8, 1.0], min_length=1)
     action: Action = Action.alert
     retry_after_s: int | None = Field(default=None, ge=1)
+    rate_per_min: int | None = Field(default=None, ge=1)  # a throttle's allowed request rate
     severity: Severity = Severity.warning
     shadow: bool = False
 

@@ -191,3 +191,18 @@ async def test_metrics_and_openapi(redis: Redis, settings_factory: Callable[...,
             spec = await r.json()
         assert spec["openapi"].startswith("3.")
         assert "/v1/decision" in spec["paths"] and "/v1/spend" in spec["paths"]
+
+
+async def test_throttle_names_its_own_wait_and_rate(
+    redis: Redis, settings_factory: Callable[..., Settings]
+) -> None:
+    throttle = decision(Scope.user, "u7", Action.throttle, 600, "user-burn").model_copy(
+        update={"retry_after_s": 30, "rate_per_min": 6}
+    )
+    await DecisionStore(redis).save([throttle], now())
+    async with serve(settings_factory(), redis) as base, aiohttp.ClientSession() as http:
+        params = {"tenant_id": "acme", "user_id": "u7"}
+        async with http.get(f"{base}/v1/decision", params=params) as r:
+            body = await r.json()
+    assert body["action"] == "throttle" and body["retry_after_s"] == 30
+    assert body["reasons"][0]["rate_per_min"] == 6
