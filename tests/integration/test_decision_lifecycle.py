@@ -84,3 +84,23 @@ async def test_cooldown_extension_expiry(deps: Deps) -> None:
     # Over again after the cooldown: a new alert and a new decision.
     assert await spend(11.0, T0 + 20 * MIN) == (1, [Change.new])
     assert await throttled_until(T0 + 20 * MIN) == T0 + 30 * MIN
+
+
+async def test_shadow_rule_alerts_but_never_enforces(redis: Redis, tmp_path: Path) -> None:
+    (tmp_path / "rules.yaml").write_text(RULES.replace("    cooldown: 15m", "    shadow: true"))
+    settings = Settings(redis_url="redis://unused/9", rules=tmp_path / "rules.yaml")
+    deps = Deps(
+        settings=settings,
+        rules=RulesHolder(settings.rules),
+        prices=PriceTable.load(),
+        windows=WindowStore(redis, 3600, 3600),
+        decisions=DecisionStore(redis),
+        kafka=Collected(),
+    )
+    body = event_bytes(event_id="s1", ts=T0, tenant_id="acme", user_id="u1", model="gpt-4o",
+                       cost_usd=12.0)  # fmt: skip
+    result = await handle_batch([(b"acme", body)], deps, T0)
+    [alert] = result.alerts
+    assert alert.shadow and alert.message.endswith("(shadow: would have applied throttle)")
+    assert result.decisions == []
+    assert await deps.decisions.lookup([("acme", Scope.user, "u1")], T0) == []
