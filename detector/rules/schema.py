@@ -74,6 +74,15 @@ def _duration_s(value: object) -> int:
     return seconds
 
 
+def _global_only_alerts(scope: Scope, action: Action, what: str) -> None:
+    """The global scope has no entity a gateway could hold back, so it may only alert."""
+    if scope is Scope.global_ and action is not Action.alert:
+        raise ValueError(
+            f"action: a global {what} can only alert (there is no entity to "
+            f"{action.value}), got {action.value!r}"
+        )
+
+
 def _rule_action(value: Action) -> Action:
     if value is Action.allow:
         raise ValueError("must be alert, throttle or block (allow is for overrides)")
@@ -159,11 +168,7 @@ class ThresholdRule(_Strict):
 
     @model_validator(mode="after")
     def _scope_supported(self) -> ThresholdRule:
-        if self.scope is Scope.global_ and self.action is not Action.alert:
-            raise ValueError(
-                f"action: a global rule can only alert (there is no entity to "
-                f"{self.action.value}), got {self.action.value!r}"
-            )
+        _global_only_alerts(self.scope, self.action, "rule")
         return self
 
 
@@ -215,8 +220,7 @@ class GrowthRule(_Strict):
                 f"vs: the {self.window} window is not kept long enough to compare with "
                 f"{self.compared_to} earlier, got {self.compared_to!r}"
             )
-        if self.scope is Scope.global_ and self.action is not Action.alert:
-            raise ValueError("action: a global rule can only alert")
+        _global_only_alerts(self.scope, self.action, "rule")
         return self
 
     @property
@@ -345,20 +349,11 @@ class BudgetRule(_Strict):
                 raise ValueError("each fraction must be in (0, 1]")
         return sorted(set(value))
 
-    @field_validator("action")
-    @classmethod
-    def _budget_action(cls, value: Action) -> Action:
-        if value is Action.allow:
-            raise ValueError("must be alert, throttle or block")
-        return value
+    _action = field_validator("action")(_rule_action)
 
     @model_validator(mode="after")
     def _has_entity(self) -> BudgetRule:
-        if self.scope is Scope.global_ and self.action is not Action.alert:
-            raise ValueError(
-                f"action: a global budget can only alert (there is no entity to "
-                f"{self.action.value}), got {self.action.value!r}"
-            )
+        _global_only_alerts(self.scope, self.action, "budget")
         return self
 
     @property

@@ -7,21 +7,30 @@ import os
 import socket
 import sys
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from detector import keys
+from detector.api.app import create_app
+from detector.backtest import Collected
 from detector.config import Settings
+from detector.decisions.store import DecisionStore
+from detector.pipeline import Deps
+from detector.pricing import PriceTable
+from detector.rules.holder import RulesHolder
 from detector.slack_stub import SlackStub
 from detector.startup import ensure_topics
+from detector.windows.counters import WindowStore
 
 # Tests use their own Redis database (flushed per test) so they never touch the demo's or a
 # developer's data in db 0.
@@ -161,3 +170,60 @@ async def subprocesses() -> AsyncIterator[list[asyncio.subprocess.Process]]:
         if proc.returncode is None:
             proc.kill()
         await proc.wait()
+
+
+@asynccontextmanager
+async def serve_api(settings: Settings, redis: Redis | None) -> AsyncIterator[str]:
+    """The lookup API on a free loopback port, for the length of a `with` block."""
+    runner = web.AppRunner(create_app(settings, redis))
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+WorkerStarter = Callable[..., Awaitable[tuple[asyncio.subprocess.Process, Path]]]
+
+
+@pytest.fixture
+def worker_factory(
+    python: str, subprocesses: list[asyncio.subprocess.Process], tmp_path: Path
+) -> WorkerStarter:
+    """Start `detector worker` processes on given settings; each logs to tmp_path/NAME.log."""
+
+    async def start(
+        settings: Settings, name: str = "worker", **env: str
+    ) -> tuple[asyncio.subprocess.Process, Path]:
+        log_path = tmp_path / f"{name}.log"
+        with log_path.open("wb") as log:
+            proc = await asyncio.create_subprocess_exec(
+                python, "-m", "detector", "worker",
+                env=settings_env(settings, **env), stdout=log, stderr=log,
+            )  # fmt: skip
+        subprocesses.append(proc)
+        return proc, log_path
+
+    return start
+
+
+@pytest.fixture
+def pipeline_deps_factory(redis: Redis, tmp_path: Path) -> Callable[[str], Deps]:
+    """Deps for calling `pipeline.handle_batch` directly: real Redis, outputs collected."""
+
+    def build(rules_text: str) -> Deps:
+        path = tmp_path / "rules.yaml"
+        path.write_text(rules_text)
+        settings = Settings(redis_url=TEST_REDIS_URL, rules=path)
+        return Deps(
+            settings=settings,
+            rules=RulesHolder(path),
+            prices=PriceTable.load(),
+            windows=WindowStore(redis, 3600, settings.allowed_lateness_s),
+            decisions=DecisionStore(redis),
+            kafka=Collected(),
+        )
+
+    return build

@@ -3,36 +3,21 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 
 import aiohttp
 import pytest
-from aiohttp import web
 from pydantic import SecretStr
 from redis.asyncio import Redis
 
-from detector.api.app import create_app
 from detector.config import Settings
 from detector.decisions.store import Change, DecisionStore
 from detector.schemas import Action, Decision, Scope
 from detector.timefmt import rfc3339
 
-from .conftest import free_port
+from .conftest import serve_api
 
 TOKENS = "gw-secret=decision:read;acme-only=decision:read,spend:read@acme;ops-secret=admin"
-
-
-@asynccontextmanager
-async def serve(settings: Settings, redis: Redis | None) -> AsyncIterator[str]:
-    runner = web.AppRunner(create_app(settings, redis))
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
 
 
 def now() -> int:
@@ -66,7 +51,7 @@ async def test_strictest_decision_of_the_named_entities_wins(
         now(),
     )
     assert changes == [Change.new, Change.new]
-    async with serve(settings_factory(), redis) as base, aiohttp.ClientSession() as http:
+    async with serve_api(settings_factory(), redis) as base, aiohttp.ClientSession() as http:
         async with http.get(f"{base}/v1/decision", params={"tenant_id": "acme"}) as r:
             assert (await r.json())["action"] == "allow"
         params = {"tenant_id": "acme", "user_id": "u1"}
@@ -128,7 +113,7 @@ async def test_bad_input_is_422_with_a_message(
     params: dict[str, str],
     message: str,
 ) -> None:
-    async with serve(settings_factory(), redis) as base, aiohttp.ClientSession() as http:
+    async with serve_api(settings_factory(), redis) as base, aiohttp.ClientSession() as http:
         async with http.get(base + path, params=params) as r:
             assert r.status == 422
             assert message in (await r.json())["error"]
@@ -138,7 +123,7 @@ async def test_tokens_scopes_and_tenant_binding(
     redis: Redis, settings_factory: Callable[..., Settings]
 ) -> None:
     settings = settings_factory(api_tokens=SecretStr(TOKENS))
-    async with serve(settings, redis) as base, aiohttp.ClientSession() as http:
+    async with serve_api(settings, redis) as base, aiohttp.ClientSession() as http:
 
         async def status(path: str, params: dict[str, str], token: str | None) -> int:
             headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -162,14 +147,14 @@ async def test_redis_down_fails_open_and_readiness_drops(
 ) -> None:
     dead = Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2)
     settings = settings_factory(redis_url="redis://127.0.0.1:1/0")
-    async with serve(settings, dead) as base, aiohttp.ClientSession() as http:
+    async with serve_api(settings, dead) as base, aiohttp.ClientSession() as http:
         async with http.get(f"{base}/v1/decision", params={"tenant_id": "acme"}) as r:
             body = await r.json()
             assert r.status == 200 and body["action"] == "allow" and body["degraded"] is True
         async with http.get(f"{base}/readyz") as r:
             assert r.status == 503
     closed = settings_factory(redis_url="redis://127.0.0.1:1/0", fail_open=False)
-    async with serve(closed, dead) as base, aiohttp.ClientSession() as http:
+    async with serve_api(closed, dead) as base, aiohttp.ClientSession() as http:
         async with http.get(f"{base}/v1/decision", params={"tenant_id": "acme"}) as r:
             body = await r.json()
             assert body["action"] == "block" and body["degraded"] is True
@@ -177,7 +162,7 @@ async def test_redis_down_fails_open_and_readiness_drops(
 
 
 async def test_metrics_and_openapi(redis: Redis, settings_factory: Callable[..., Settings]) -> None:
-    async with serve(settings_factory(), redis) as base, aiohttp.ClientSession() as http:
+    async with serve_api(settings_factory(), redis) as base, aiohttp.ClientSession() as http:
         for _ in range(3):
             async with http.get(f"{base}/v1/decision", params={"tenant_id": "acme"}) as r:
                 assert r.status == 200
@@ -200,7 +185,7 @@ async def test_throttle_names_its_own_wait_and_rate(
         update={"retry_after_s": 30, "rate_per_min": 6}
     )
     await DecisionStore(redis).save([throttle], now())
-    async with serve(settings_factory(), redis) as base, aiohttp.ClientSession() as http:
+    async with serve_api(settings_factory(), redis) as base, aiohttp.ClientSession() as http:
         params = {"tenant_id": "acme", "user_id": "u7"}
         async with http.get(f"{base}/v1/decision", params=params) as r:
             body = await r.json()

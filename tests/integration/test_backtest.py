@@ -19,7 +19,7 @@ from detector.schemas import Scope
 from detector.simulate import Scenario, generate
 from detector.windows.counters import WindowStore
 
-from .conftest import produce, read_topic, settings_env
+from .conftest import WorkerStarter, produce, read_topic, settings_env
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,8 +33,7 @@ async def test_backtest_agrees_with_the_live_worker(
     settings_factory: Callable[..., Settings],
     kafka_topics: Settings,
     redis: Redis,
-    python: str,
-    subprocesses: list[asyncio.subprocess.Process],
+    worker_factory: WorkerStarter,
     tmp_path: Path,
 ) -> None:
     rules_path = tmp_path / "rules.yaml"
@@ -47,11 +46,7 @@ async def test_backtest_agrees_with_the_live_worker(
     assert ("tenant-spend-burst", "tenant-0") in expected
     assert all(entity.startswith("tenant-0") for _, entity in expected)
 
-    with (tmp_path / "worker.log").open("wb") as log:
-        worker = await asyncio.create_subprocess_exec(
-            python, "-m", "detector", "worker", env=settings_env(settings), stdout=log, stderr=log
-        )
-    subprocesses.append(worker)
+    await worker_factory(settings)
     await produce(settings, lines, [None] * len(lines))
     store = WindowStore(redis, settings.dedup_horizon_s)
     deadline = time.monotonic() + 60

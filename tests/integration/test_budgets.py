@@ -4,21 +4,14 @@ at the whole budget, per-entity amounts, shadow mode."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
-from redis.asyncio import Redis
 
 from detector.backtest import Collected
-from detector.config import Settings
-from detector.decisions.store import DecisionStore
 from detector.pipeline import Deps, handle_batch
-from detector.pricing import PriceTable
-from detector.rules.holder import RulesHolder
 from detector.schemas import Scope
 from detector.windows.buckets import calendar_end_ms
-from detector.windows.counters import WindowStore
 
 from .conftest import event_bytes
 
@@ -43,17 +36,8 @@ budgets:
 
 
 @pytest.fixture
-async def deps(redis: Redis, tmp_path: Path) -> AsyncIterator[Deps]:
-    (tmp_path / "rules.yaml").write_text(RULES)
-    settings = Settings(redis_url="redis://unused/9", rules=tmp_path / "rules.yaml")
-    yield Deps(
-        settings=settings,
-        rules=RulesHolder(settings.rules),
-        prices=PriceTable.load(),
-        windows=WindowStore(redis, 3600),
-        decisions=DecisionStore(redis),
-        kafka=Collected(),
-    )
+def deps(pipeline_deps_factory: Callable[[str], Deps]) -> Deps:
+    return pipeline_deps_factory(RULES)
 
 
 class Spender:

@@ -4,20 +4,13 @@ wait and rate reach the lookup API's reasons."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
-from redis.asyncio import Redis
 
-from detector.backtest import Collected
-from detector.config import Settings
-from detector.decisions.store import Change, DecisionStore
+from detector.decisions.store import Change
 from detector.pipeline import Deps, handle_batch
-from detector.pricing import PriceTable
-from detector.rules.holder import RulesHolder
 from detector.schemas import Scope
-from detector.windows.counters import WindowStore
 
 from .conftest import event_bytes
 
@@ -39,17 +32,8 @@ MIN = 60_000
 
 
 @pytest.fixture
-async def deps(redis: Redis, tmp_path: Path) -> AsyncIterator[Deps]:
-    (tmp_path / "rules.yaml").write_text(RULES)
-    settings = Settings(redis_url="redis://unused/9", rules=tmp_path / "rules.yaml")
-    yield Deps(
-        settings=settings,
-        rules=RulesHolder(settings.rules),
-        prices=PriceTable.load(),
-        windows=WindowStore(redis, 3600, 3600),
-        decisions=DecisionStore(redis),
-        kafka=Collected(),
-    )
+def deps(pipeline_deps_factory: Callable[[str], Deps]) -> Deps:
+    return pipeline_deps_factory(RULES)
 
 
 async def test_cooldown_extension_expiry(deps: Deps) -> None:
@@ -86,17 +70,10 @@ async def test_cooldown_extension_expiry(deps: Deps) -> None:
     assert await throttled_until(T0 + 20 * MIN) == T0 + 30 * MIN
 
 
-async def test_shadow_rule_alerts_but_never_enforces(redis: Redis, tmp_path: Path) -> None:
-    (tmp_path / "rules.yaml").write_text(RULES.replace("    cooldown: 15m", "    shadow: true"))
-    settings = Settings(redis_url="redis://unused/9", rules=tmp_path / "rules.yaml")
-    deps = Deps(
-        settings=settings,
-        rules=RulesHolder(settings.rules),
-        prices=PriceTable.load(),
-        windows=WindowStore(redis, 3600, 3600),
-        decisions=DecisionStore(redis),
-        kafka=Collected(),
-    )
+async def test_shadow_rule_alerts_but_never_enforces(
+    pipeline_deps_factory: Callable[[str], Deps],
+) -> None:
+    deps = pipeline_deps_factory(RULES.replace("    cooldown: 15m", "    shadow: true"))
     body = event_bytes(event_id="s1", ts=T0, tenant_id="acme", user_id="u1", model="gpt-4o",
                        cost_usd=12.0)  # fmt: skip
     result = await handle_batch([(b"acme", body)], deps, T0)

@@ -19,7 +19,7 @@ from detector.config import Settings
 from detector.schemas import Scope
 from detector.windows.counters import WindowStore
 
-from .conftest import produce, settings_env
+from .conftest import WorkerStarter, produce
 
 N_EVENTS = 20_000
 TENANTS = ("acme", "globex", "initech")
@@ -72,26 +72,19 @@ async def test_sigkill_mid_stream_counts_every_event_once(
     settings_factory: Callable[..., Settings],
     kafka_topics: Settings,
     redis: Redis,
-    python: str,
-    subprocesses: list[asyncio.subprocess.Process],
+    worker_factory: WorkerStarter,
     tmp_path: Path,
 ) -> None:
     (tmp_path / "rules.yaml").write_text("rules: []\n")
     # Small batches so that a kill lands between a batch's Redis write and its offset commit.
     settings = settings_factory(batch_max_events=200)
-    env = settings_env(settings)
     now_ms = time.time_ns() // 1_000_000
     values, keys_, expected = build_stream(now_ms)
     await produce(settings, values, keys_)
     store = WindowStore(redis, settings.dedup_horizon_s)
 
     async def start_worker(n: int) -> asyncio.subprocess.Process:
-        log = (tmp_path / f"worker-{n}.log").open("wb")
-        proc = await asyncio.create_subprocess_exec(
-            python, "-m", "detector", "worker", env=env, stdout=log, stderr=log
-        )
-        log.close()
-        subprocesses.append(proc)
+        proc, _ = await worker_factory(settings, f"worker-{n}")
         return proc
 
     kills = 0

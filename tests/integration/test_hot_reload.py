@@ -15,7 +15,7 @@ from detector.config import Settings
 from detector.decisions.store import DecisionStore
 from detector.schemas import Scope
 
-from .conftest import event_bytes, produce, settings_env
+from .conftest import WorkerStarter, event_bytes, produce
 
 RULE = """
 rules:
@@ -45,19 +45,13 @@ async def test_rules_reload_on_change_and_on_sighup(
     settings_factory: Callable[..., Settings],
     kafka_topics: Settings,
     redis: Redis,
-    python: str,
-    subprocesses: list[asyncio.subprocess.Process],
+    worker_factory: WorkerStarter,
     tmp_path: Path,
 ) -> None:
     rules_path = tmp_path / "rules.yaml"
     rules_path.write_text(RULE.format(threshold=100))
     settings = settings_factory()
-    log_path = tmp_path / "worker.log"
-    with log_path.open("wb") as log:
-        worker = await asyncio.create_subprocess_exec(
-            python, "-m", "detector", "worker", env=settings_env(settings), stdout=log, stderr=log
-        )
-    subprocesses.append(worker)
+    worker, log_path = await worker_factory(settings)
     store = DecisionStore(redis)
     now_ms = time.time_ns() // 1_000_000
 

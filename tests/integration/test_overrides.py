@@ -5,38 +5,23 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 
 import aiohttp
 import orjson
-from aiohttp import web
 from pydantic import SecretStr
 from redis.asyncio import Redis
 
 from detector import keys
-from detector.api.app import create_app
 from detector.config import Settings
 from detector.decisions.store import DecisionStore
 from detector.schemas import Action, Decision, Scope
 from detector.timefmt import rfc3339
 
-from .conftest import free_port, read_topic, settings_env
+from .conftest import read_topic, serve_api, settings_env
 
 TOKENS = "ops-secret=admin;acme-ops=admin@acme;gw-secret=decision:read"
 ADMIN = {"Authorization": "Bearer ops-secret"}
-
-
-@asynccontextmanager
-async def serve(settings: Settings, redis: Redis) -> AsyncIterator[str]:
-    runner = web.AppRunner(create_app(settings, redis))
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
 
 
 def rule_block(entity: str) -> Decision:
@@ -61,7 +46,7 @@ async def test_allow_override_beats_a_rule_block_and_lift_ends_both(
     await DecisionStore(redis).save([rule_block("u1")], time.time_ns() // 1_000_000)
     gw = {"Authorization": "Bearer gw-secret"}
     lookup = {"tenant_id": "acme", "user_id": "u1"}
-    async with serve(settings, redis) as base, aiohttp.ClientSession() as http:
+    async with serve_api(settings, redis) as base, aiohttp.ClientSession() as http:
         async with http.get(f"{base}/v1/decision", params=lookup, headers=gw) as r:
             assert (await r.json())["action"] == "block"
 
@@ -117,7 +102,7 @@ async def test_admin_endpoints_check_scope_tenant_and_input(
         "duration": "1h",
         "reason": "abuse",
     }
-    async with serve(settings, redis) as base, aiohttp.ClientSession() as http:
+    async with serve_api(settings, redis) as base, aiohttp.ClientSession() as http:
 
         async def post(body: object, token: str) -> tuple[int, dict[str, object]]:
             headers = {"Authorization": f"Bearer {token}"}

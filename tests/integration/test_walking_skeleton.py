@@ -20,7 +20,7 @@ from detector.api.app import create_app
 from detector.config import Settings
 from detector.slack_stub import SlackStub
 
-from .conftest import event_bytes, free_port, produce, read_topic, settings_env
+from .conftest import WorkerStarter, event_bytes, free_port, produce, read_topic
 
 RULES = """
 rules:
@@ -52,19 +52,12 @@ async def test_event_to_block_to_slack_to_lookup(
     kafka_topics: Settings,
     slack_stub: SlackStub,
     redis: Redis,
-    python: str,
-    subprocesses: list[asyncio.subprocess.Process],
+    worker_factory: WorkerStarter,
     tmp_path: Path,
 ) -> None:
     (tmp_path / "rules.yaml").write_text(RULES)
     settings = settings_factory()
-    env = settings_env(settings, DETECTOR_SLACK_WEBHOOK_URL=slack_stub.webhook_url)
-    log_path = tmp_path / "worker.log"
-    with log_path.open("wb") as log_file:
-        worker = await asyncio.create_subprocess_exec(
-            python, "-m", "detector", "worker", env=env, stdout=log_file, stderr=log_file
-        )
-    subprocesses.append(worker)
+    worker, _ = await worker_factory(settings, DETECTOR_SLACK_WEBHOOK_URL=slack_stub.webhook_url)
 
     api = create_app(settings, redis)
     runner = web.AppRunner(api)
