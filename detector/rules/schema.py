@@ -25,17 +25,9 @@ from detector.windows.buckets import (
     parse_duration_s,
     shifted,
 )
+from detector.windows.counters import METRICS
 
-BASE_METRICS = (
-    "cost_usd",
-    "input_cost_usd",
-    "output_cost_usd",
-    "input_tokens",
-    "output_tokens",
-    "cached_input_tokens",
-    "requests",
-    "errors",
-)
+BASE_METRICS = METRICS  # every counter a window keeps
 DERIVED_METRICS = ("cost_per_request_usd", "output_input_ratio", "error_rate")
 RULE_METRICS = BASE_METRICS + DERIVED_METRICS
 RULE_ID_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
@@ -72,6 +64,12 @@ def _duration_s(value: object) -> int:
     if seconds <= 0:
         raise ValueError("must be > 0s")
     return seconds
+
+
+def _sliding_window(value: str) -> str:
+    if value not in WINDOW_LENGTH_S:
+        raise ValueError(f"must be a sliding window: {', '.join(WINDOW_LENGTH_S)}")
+    return value
 
 
 def _global_only_alerts(scope: Scope, action: Action, what: str) -> None:
@@ -196,12 +194,7 @@ class GrowthRule(_Strict):
     _durations = field_validator("for_s", "cooldown_s", mode="before")(_duration_s)
     _action = field_validator("action")(_rule_action)
 
-    @field_validator("window")
-    @classmethod
-    def _sliding_window(cls, value: str) -> str:
-        if value not in WINDOW_LENGTH_S:
-            raise ValueError(f"must be a sliding window: {', '.join(WINDOW_LENGTH_S)}")
-        return value
+    _window = field_validator("window")(_sliding_window)
 
     @field_validator("compared_to")
     @classmethod
@@ -267,12 +260,7 @@ class AbuseRule(_Strict):
     _durations = field_validator("for_s", "cooldown_s", "new_within_s", mode="before")(_duration_s)
     _action = field_validator("action")(_rule_action)
 
-    @field_validator("window")
-    @classmethod
-    def _sliding_window(cls, value: str) -> str:
-        if value not in WINDOW_LENGTH_S:
-            raise ValueError(f"must be a sliding window: {', '.join(WINDOW_LENGTH_S)}")
-        return value
+    _window = field_validator("window")(_sliding_window)
 
     @model_validator(mode="after")
     def _limits_fit_pattern(self) -> AbuseRule:

@@ -14,7 +14,8 @@ BAD_RULES = REPO / "tests" / "data" / "bad_rules"
 WINDOW_CHOICES = "1m, 5m, 1h, 1d, 7d, 30d, today, week, month"
 METRIC_CHOICES = (
     "cost_usd, input_cost_usd, output_cost_usd, input_tokens, output_tokens, "
-    "cached_input_tokens, requests, errors, cost_per_request_usd, output_input_ratio, error_rate"
+    "cached_input_tokens, requests, errors, unpriced_requests, billed_cost_usd, table_cost_usd, "
+    "cost_per_request_usd, output_input_ratio, error_rate"
 )
 NOT_YAML = """\
 not_yaml.yaml: not valid YAML: while parsing a flow sequence

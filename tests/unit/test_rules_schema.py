@@ -74,9 +74,12 @@ def test_every_rule_metric_is_accepted(metric: str) -> None:
     assert make_rule(metric=metric).metric == metric
 
 
-def test_unpriced_requests_is_not_a_rule_metric() -> None:
+def test_every_window_metric_is_a_rule_metric() -> None:
+    # A rule can watch calls without a price, or the drift between billed and table cost.
+    assert make_rule(metric="unpriced_requests").metric == "unpriced_requests"
+    assert make_rule(metric="billed_cost_usd").metric == "billed_cost_usd"
     with pytest.raises(ValidationError):
-        make_rule(metric="unpriced_requests")
+        make_rule(metric="dollars")
 
 
 @pytest.mark.parametrize("action", ["alert", "throttle", "block"])
