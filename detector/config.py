@@ -44,6 +44,10 @@ class Settings(BaseSettings):
     api_port: int = Field(default=8080, ge=0, le=65535)
     api_tokens: SecretStr | None = None
     fail_open: bool = True
+    # Lookup API decision cache: entries are dropped on every announced change and at most this
+    # old otherwise; 0 turns the cache off.
+    api_cache_max_age_s: float = Field(default=10.0, ge=0, le=3600)
+    api_cache_max_entries: int = Field(default=500_000, ge=1000)
 
     log_level: str = "INFO"
 

@@ -70,6 +70,13 @@ def create_app(settings: Settings, redis: Redis | None = None) -> web.Applicatio
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", openapi)
 
+    async def start_cache(app: web.Application) -> None:
+        cache = app[ApiState.KEY].cache
+        if cache is not None:
+            await cache.start()
+
+    app.on_startup.append(start_cache)
+
     async def close_state(app: web.Application) -> None:
         await app[ApiState.KEY].close()
 

@@ -64,7 +64,7 @@ async def get_decision(request: web.Request) -> web.Response:
             entities.append((tenant, scope, value))
     at_ms = now_ms()
     try:
-        found = await state.decisions.lookup(entities, at_ms)
+        found = await state.lookup(entities, at_ms)
     except (RedisError, OSError):
         state.redis_down()
         action = Action.allow if state.settings.fail_open else Action.block

@@ -11,8 +11,9 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from redis.asyncio import Redis
 
 from detector.api.auth import Grant, find_grant, parse_tokens
+from detector.api.cache import DecisionCache
 from detector.config import Settings
-from detector.decisions.store import DecisionStore
+from detector.decisions.store import DecisionStore, Entity
 from detector.schemas import Decision
 from detector.sinks.kafka import KafkaSink
 from detector.windows.counters import WindowStore
@@ -37,6 +38,16 @@ class ApiState:
         self.settings = settings
         self.redis = redis
         self.decisions = DecisionStore(redis)
+        self.cache = (
+            DecisionCache(
+                redis,
+                self.decisions,
+                settings.api_cache_max_age_s,
+                settings.api_cache_max_entries,
+            )
+            if settings.api_cache_max_age_s > 0
+            else None
+        )
         self.windows = WindowStore(redis, settings.dedup_horizon_s)
         secret = settings.api_tokens.get_secret_value() if settings.api_tokens else ""
         self.tokens = parse_tokens(secret)
@@ -84,7 +95,15 @@ class ApiState:
         except (KafkaError, OSError) as exc:
             log.error("could not publish a manual decision to Kafka: %r", exc)
 
+    async def lookup(self, entities: list[Entity], now_ms: int) -> list[Decision]:
+        """Decisions in force for the entities, from the cache when there is one."""
+        if self.cache is not None:
+            return await self.cache.lookup(entities, now_ms)
+        return await self.decisions.lookup(entities, now_ms)
+
     async def close(self) -> None:
+        if self.cache is not None:
+            await self.cache.stop()
         if self._kafka is not None:
             await self._kafka.close()
 

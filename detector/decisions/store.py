@@ -28,6 +28,7 @@ if cur[1] and tonumber(cur[2]) > now_ms then
     if tonumber(cur[2]) >= until_ms then return 'kept' end
     redis.call('HSET', KEYS[1], 'until_ms', ARGV[2], 'json', ARGV[3])
     redis.call('PEXPIRE', KEYS[1], ttl_ms)
+    redis.call('PUBLISH', ARGV[5], ARGV[7])
     return 'extended'
   end
 end
@@ -35,7 +36,7 @@ redis.call('HSET', KEYS[1], 'rank', ARGV[1], 'until_ms', ARGV[2], 'json', ARGV[3
 redis.call('PEXPIRE', KEYS[1], ttl_ms)
 redis.call('LPUSH', KEYS[2], ARGV[3])
 redis.call('LTRIM', KEYS[2], 0, ARGV[4])
-redis.call('PUBLISH', ARGV[5], KEYS[1])
+redis.call('PUBLISH', ARGV[5], ARGV[7])
 return 'new'
 """
 
@@ -49,6 +50,46 @@ if until_ms and tonumber(until_ms) > now_ms then return 0 end
 redis.call('SET', KEYS[1], string.format('%d', now_ms + cooldown_ms), 'PX', cooldown_ms)
 return 1
 """
+
+
+Entity = tuple[str, Scope, str]  # tenant, scope, entity id
+Stored = tuple[Decision | None, Decision | None]  # an entity's override and rule decision
+
+
+def _parse(raw: bytes | None) -> Decision | None:
+    return None if raw is None else Decision.model_validate_json(raw)
+
+
+def strictest(stored: Sequence[Stored], now_ms: int) -> list[Decision]:
+    """Decisions in force, strictest first; an override hides its entity's rule decision."""
+    found = []
+    for override, rule in stored:
+        for decision in (override, rule):
+            if decision is not None and decision.until_ms > now_ms:
+                found.append(decision)
+                break
+    found.sort(key=lambda d: (-STRICTNESS[d.action], -d.until_ms))
+    return found
+
+
+def changed_message(tenant: str, scope: str, entity: str) -> str:
+    """What is published on the decisions channel when an entity's decision changes.
+
+    >>> changed_message("acme", "user", "u1")
+    'acme\\x1fuser\\x1fu1'
+    """
+    return f"{tenant}\x1f{scope}\x1f{entity}"
+
+
+def parse_changed(message: bytes) -> Entity | None:
+    """The entity named by a decisions-channel message, None when it is not one of ours."""
+    parts = message.decode(errors="replace").split("\x1f")
+    if len(parts) != 3:
+        return None
+    try:
+        return parts[0], Scope(parts[1]), parts[2]
+    except ValueError:
+        return None
 
 
 class Change(StrEnum):
@@ -83,6 +124,7 @@ class DecisionStore:
                     keys.AUDIT_MAX_ENTRIES - 1,
                     keys.DECISIONS_CHANNEL,
                     now_ms,
+                    changed_message(d.tenant_id, d.scope, d.entity_id),
                 ],
                 client=pipe,
             )
@@ -97,22 +139,19 @@ class DecisionStore:
         A manual override of an entity takes the place of its rule decision, so an `allow`
         override lets that entity through whatever its rules decided.
         """
+        return strictest(await self.fetch(entities), now_ms)
+
+    async def fetch(self, entities: Sequence[Entity]) -> list[Stored]:
+        """(override, rule decision) stored for each entity, in one round trip."""
         pipe = self._redis.pipeline(transaction=False)
         for tenant, scope, entity in entities:
             pipe.get(keys.override_key(tenant, scope, entity))
             pipe.hget(keys.decision_key(tenant, scope, entity), "json")
         replies = await pipe.execute()
-        found = []
-        for override_raw, rule_raw in zip(replies[::2], replies[1::2], strict=True):
-            for raw in (override_raw, rule_raw):
-                if raw is None:
-                    continue
-                decision = Decision.model_validate_json(raw)
-                if decision.until_ms > now_ms:
-                    found.append(decision)
-                    break  # an override in force hides the rule decision
-        found.sort(key=lambda d: (-STRICTNESS[d.action], -d.until_ms))
-        return found
+        return [
+            (_parse(override_raw), _parse(rule_raw))
+            for override_raw, rule_raw in zip(replies[::2], replies[1::2], strict=True)
+        ]
 
     async def override(self, decision: Decision, now_ms: int) -> None:
         """Put a manual decision in force for its entity until `decision.until_ms`."""
@@ -122,7 +161,10 @@ class DecisionStore:
         pipe.set(key, body, px=max(decision.until_ms - now_ms, 1))
         pipe.lpush(keys.audit_key(decision.tenant_id), body)
         pipe.ltrim(keys.audit_key(decision.tenant_id), 0, keys.AUDIT_MAX_ENTRIES - 1)
-        pipe.publish(keys.DECISIONS_CHANNEL, key)
+        pipe.publish(
+            keys.DECISIONS_CHANNEL,
+            changed_message(decision.tenant_id, decision.scope, decision.entity_id),
+        )
         await pipe.execute()
 
     async def lift(self, record: Decision) -> list[Decision]:
@@ -136,7 +178,7 @@ class DecisionStore:
         pipe.delete(override_key, decision_key)
         pipe.lpush(keys.audit_key(tenant), record.model_dump_json())
         pipe.ltrim(keys.audit_key(tenant), 0, keys.AUDIT_MAX_ENTRIES - 1)
-        pipe.publish(keys.DECISIONS_CHANNEL, decision_key)
+        pipe.publish(keys.DECISIONS_CHANNEL, changed_message(tenant, scope, entity))
         override_raw, rule_raw, *_ = await pipe.execute()
         return [Decision.model_validate_json(r) for r in (override_raw, rule_raw) if r is not None]
 
