@@ -61,6 +61,7 @@ def create_app(settings: Settings, redis: Redis | None = None) -> web.Applicatio
     client = redis if redis is not None else Redis.from_url(settings.redis_url)
     app[ApiState.KEY] = ApiState(settings, client)
     app.router.add_get("/v1/decision", routes.get_decision)
+    app.router.add_post("/v1/decision/batch", routes.post_decision_batch)
     app.router.add_get("/v1/spend", routes.get_spend)
     app.router.add_get("/healthz", routes.healthz)
     app.router.add_get("/readyz", routes.readyz)

@@ -67,6 +67,58 @@ OPENAPI: dict[str, Any] = {
                 },
             }
         },
+        "/v1/decision/batch": {
+            "post": {
+                "summary": "Answers for up to 1,000 lookups, in order",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["requests"],
+                                "properties": {
+                                    "requests": {
+                                        "type": "array",
+                                        "minItems": 1,
+                                        "maxItems": 1000,
+                                        "items": {
+                                            "type": "object",
+                                            "required": ["tenant_id"],
+                                            "additionalProperties": {"type": "string"},
+                                        },
+                                    }
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {"200": {"description": "answers"}, "422": _ERROR},
+            }
+        },
+        "/v1/admin/overrides": {
+            "post": {
+                "summary": "Block, throttle or allow an entity for a while (admin)",
+                "responses": {"201": {"description": "override"}, "422": _ERROR},
+            },
+            "delete": {
+                "summary": "Lift an entity's override and rule decision now (admin)",
+                "parameters": [
+                    _param("tenant_id", required=True),
+                    _param("scope", enum=[s.value for s in Scope if s is not Scope.global_]),
+                    _param("entity_id"),
+                    _param("reason"),
+                ],
+                "responses": {"200": {"description": "what was lifted"}, "422": _ERROR},
+            },
+        },
+        "/v1/admin/audit": {
+            "get": {
+                "summary": "A tenant's decision changes, newest first (admin)",
+                "parameters": [_param("tenant_id", required=True)],
+                "responses": {"200": {"description": "audit entries"}},
+            }
+        },
         "/v1/spend": {
             "get": {
                 "summary": "All metrics of one entity's window",

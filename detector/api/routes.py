@@ -5,11 +5,14 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Mapping
+from typing import Any
 
 from aiohttp import web
 from redis.exceptions import RedisError
 
 from detector.api.state import ApiState
+from detector.decisions.store import Entity
 from detector.schemas import IDENT_PATTERN, TENANT_PATTERN, Action, LookupAnswer, Scope
 from detector.windows.buckets import WINDOWS
 
@@ -44,7 +47,10 @@ def tenant_param(request: web.Request) -> str:
 
 
 def ident_param(request: web.Request, name: str) -> str | None:
-    value = request.query.get(name)
+    return _ident(request.query.get(name), name)
+
+
+def _ident(value: str | None, name: str) -> str | None:
     if value is None or value == "":
         return None
     if not _IDENT_RE.match(value):
@@ -52,27 +58,26 @@ def ident_param(request: web.Request, name: str) -> str | None:
     return value
 
 
-async def get_decision(request: web.Request) -> web.Response:
-    """The strictest decision in force for any entity named in the query."""
-    state: ApiState = request.app[ApiState.KEY]
-    tenant = tenant_param(request)
-    state.authorize(request, "decision:read", tenant)
-    entities = [(tenant, Scope.tenant, tenant)]
+def lookup_entities(tenant: str, params: Mapping[str, str]) -> list[Entity]:
+    """The tenant and every entity a lookup names, validated."""
+    entities: list[Entity] = [(tenant, Scope.tenant, tenant)]
     for param, scope in ENTITY_PARAMS.items():
-        value = ident_param(request, param)
+        value = _ident(params.get(param), param)
         if value is not None:
             entities.append((tenant, scope, value))
-    at_ms = now_ms()
+    return entities
+
+
+async def answer_for(state: ApiState, entities: list[Entity], at_ms: int) -> LookupAnswer:
+    """The gateway's answer: the strictest decision in force, or allow."""
     try:
         found = await state.lookup(entities, at_ms)
     except (RedisError, OSError):
         state.redis_down()
         action = Action.allow if state.settings.fail_open else Action.block
-        answer = LookupAnswer(action=action, retry_after_s=None, reasons=[], degraded=True)
-        return web.json_response(text=answer.model_dump_json())
+        return LookupAnswer(action=action, retry_after_s=None, reasons=[], degraded=True)
     if not found:
-        answer = LookupAnswer(action=Action.allow, retry_after_s=None, reasons=[])
-        return web.json_response(text=answer.model_dump_json())
+        return LookupAnswer(action=Action.allow, retry_after_s=None, reasons=[])
     top = found[0]
     reasons: list[dict[str, str | int | bool]] = [
         {
@@ -89,8 +94,46 @@ async def get_decision(request: web.Request) -> web.Response:
     # A throttle names its own wait when its rule sets one; otherwise wait until it ends.
     until_end_s = max(1, (top.until_ms - at_ms + 999) // 1000)
     retry_after_s = min(top.retry_after_s, until_end_s) if top.retry_after_s else until_end_s
-    answer = LookupAnswer(action=top.action, retry_after_s=retry_after_s, reasons=reasons)
+    return LookupAnswer(action=top.action, retry_after_s=retry_after_s, reasons=reasons)
+
+
+async def get_decision(request: web.Request) -> web.Response:
+    """The strictest decision in force for any entity named in the query."""
+    state: ApiState = request.app[ApiState.KEY]
+    tenant = tenant_param(request)
+    state.authorize(request, "decision:read", tenant)
+    answer = await answer_for(state, lookup_entities(tenant, request.query), now_ms())
     return web.json_response(text=answer.model_dump_json())
+
+
+MAX_BATCH = 1000
+
+
+async def post_decision_batch(request: web.Request) -> web.Response:
+    """Answers for many lookups at once: {"requests": [{tenant_id, user_id, ...}, ...]}."""
+    state: ApiState = request.app[ApiState.KEY]
+    try:
+        body: Any = await request.json()
+    except ValueError:
+        raise BadRequest('body must be JSON: {"requests": [...]}') from None
+    asks = body.get("requests") if isinstance(body, dict) else None
+    if not isinstance(asks, list) or not 1 <= len(asks) <= MAX_BATCH:
+        raise BadRequest(f"requests must be a list of 1 to {MAX_BATCH} lookups")
+    at_ms = now_ms()
+    answers = []
+    for index, ask in enumerate(asks):
+        if not isinstance(ask, dict) or not all(isinstance(v, str) for v in ask.values()):
+            raise BadRequest(f"requests[{index}] must be an object of strings")
+        tenant = ask.get("tenant_id") or ""
+        if not _TENANT_RE.match(tenant):
+            raise BadRequest(f"requests[{index}].tenant_id is missing or invalid")
+        state.authorize(request, "decision:read", tenant)
+        try:
+            entities = lookup_entities(tenant, ask)
+        except BadRequest as exc:
+            raise BadRequest(f"requests[{index}].{exc}") from None
+        answers.append(await answer_for(state, entities, at_ms))
+    return web.json_response({"answers": [a.model_dump(mode="json") for a in answers]})
 
 
 async def get_spend(request: web.Request) -> web.Response:

@@ -191,3 +191,27 @@ async def test_throttle_names_its_own_wait_and_rate(
             body = await r.json()
     assert body["action"] == "throttle" and body["retry_after_s"] == 30
     assert body["reasons"][0]["rate_per_min"] == 6
+
+
+async def test_batch_lookup_answers_each_request_in_order(
+    redis: Redis, settings_factory: Callable[..., Settings]
+) -> None:
+    await DecisionStore(redis).save([decision(Scope.user, "u1", Action.block, 60, "r")], now())
+    asks = [
+        {"tenant_id": "acme", "user_id": "u1"},
+        {"tenant_id": "acme", "user_id": "u2", "model": "gpt-4o"},
+        {"tenant_id": "globex", "user_id": "u1"},
+    ]
+    async with serve_api(settings_factory(), redis) as base, aiohttp.ClientSession() as http:
+        async with http.post(f"{base}/v1/decision/batch", json={"requests": asks}) as r:
+            assert r.status == 200
+            answers = (await r.json())["answers"]
+        assert [a["action"] for a in answers] == ["block", "allow", "allow"]
+        bad = {"requests": [{"tenant_id": "acme"}, {"tenant_id": "acme", "user_id": "\x01"}]}
+        async with http.post(f"{base}/v1/decision/batch", json=bad) as r:
+            assert r.status == 422
+            assert (await r.json())["error"] == (
+                "requests[1].user_id must be 1-256 printable characters"
+            )
+        async with http.post(f"{base}/v1/decision/batch", json={"requests": []}) as r:
+            assert r.status == 422
