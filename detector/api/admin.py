@@ -47,6 +47,7 @@ def _entity(scope: Scope, tenant: str, entity: str | None) -> str:
 
 async def post_override(request: web.Request) -> web.Response:
     state: ApiState = request.app[ApiState.KEY]
+    state.authenticate(request)
     try:
         body: Any = await request.json()
         ask = OverrideRequest.model_validate(body)
@@ -71,6 +72,7 @@ async def post_override(request: web.Request) -> web.Response:
 
 async def delete_override(request: web.Request) -> web.Response:
     state: ApiState = request.app[ApiState.KEY]
+    state.authenticate(request)
     tenant = tenant_param(request)
     state.authorize(request, "admin", tenant)
     scope_text = request.query.get("scope", "tenant")
@@ -90,6 +92,7 @@ async def delete_override(request: web.Request) -> web.Response:
 
 async def get_audit(request: web.Request) -> web.Response:
     state: ApiState = request.app[ApiState.KEY]
+    state.authenticate(request)
     tenant = tenant_param(request)
     state.authorize(request, "admin", tenant)
     entries = await state.decisions.audit(tenant, limit=200)

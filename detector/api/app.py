@@ -38,7 +38,9 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
             str(exc.status),
         )
     except web.HTTPException as exc:
-        response = web.json_response({"error": exc.reason}, status=exc.status)
+        # Keep the exception's headers: a 405 must say which methods are allowed.
+        allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        response = web.json_response({"error": exc.reason}, status=exc.status, headers=allow)
         outcome = str(exc.status)
     state.requests.labels(endpoint, outcome).inc()
     state.latency.labels(endpoint, outcome).observe(time.perf_counter() - started)

@@ -4,15 +4,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from detector.schemas import Scope
+from detector.schemas import IDENT_PATTERN, TENANT_PATTERN, Scope
 from detector.windows.buckets import WINDOWS
 
 
 def _param(name: str, required: bool = False, enum: list[str] | None = None) -> dict[str, Any]:
-    schema: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": 256}
+    schema: dict[str, Any] = {"type": "string", "pattern": IDENT_PATTERN}
+    if name == "tenant_id":
+        schema = {"type": "string", "pattern": TENANT_PATTERN}
     if enum:
         schema = {"type": "string", "enum": enum}
     return {"name": name, "in": "query", "required": required, "schema": schema}
+
+
+def _open(summary: str, responses: dict[str, Any]) -> dict[str, Any]:
+    """An operation that needs no token (health and metrics)."""
+    return {"get": {"summary": summary, "security": [], "responses": responses}}
 
 
 _ERROR = {
@@ -22,6 +29,27 @@ _ERROR = {
             "schema": {"type": "object", "properties": {"error": {"type": "string"}}}
         }
     },
+}
+
+# What POST /v1/admin/overrides accepts (admin.OverrideRequest, written out to keep this module
+# free of the handlers).
+OVERRIDE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["tenant_id", "scope", "action", "duration", "reason"],
+    "properties": {
+        "tenant_id": {"type": "string", "pattern": TENANT_PATTERN},
+        "scope": {"type": "string", "enum": [s.value for s in Scope if s is not Scope.global_]},
+        "entity_id": {"type": "string", "pattern": IDENT_PATTERN},
+        "action": {"type": "string", "enum": ["allow", "throttle", "block"]},
+        "duration": {"type": "string", "pattern": "^[0-9]{1,7}[smhdw]?$"},
+        "reason": {"type": "string", "minLength": 1, "maxLength": 500},
+    },
+}
+
+_AUTH_ERRORS = {
+    "401": {"description": "missing or unknown bearer token"},
+    "403": {"description": "the token lacks the scope or the tenant"},
 }
 
 OPENAPI: dict[str, Any] = {
@@ -64,6 +92,7 @@ OPENAPI: dict[str, Any] = {
                         },
                     },
                     "422": _ERROR,
+                    **_AUTH_ERRORS,
                 },
             }
         },
@@ -93,13 +122,17 @@ OPENAPI: dict[str, Any] = {
                         }
                     },
                 },
-                "responses": {"200": {"description": "answers"}, "422": _ERROR},
+                "responses": {"200": {"description": "answers"}, "422": _ERROR, **_AUTH_ERRORS},
             }
         },
         "/v1/admin/overrides": {
             "post": {
                 "summary": "Block, throttle or allow an entity for a while (admin)",
-                "responses": {"201": {"description": "override"}, "422": _ERROR},
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": OVERRIDE_SCHEMA}},
+                },
+                "responses": {"201": {"description": "override"}, "422": _ERROR, **_AUTH_ERRORS},
             },
             "delete": {
                 "summary": "Lift an entity's override and rule decision now (admin)",
@@ -109,14 +142,22 @@ OPENAPI: dict[str, Any] = {
                     _param("entity_id"),
                     _param("reason"),
                 ],
-                "responses": {"200": {"description": "what was lifted"}, "422": _ERROR},
+                "responses": {
+                    "200": {"description": "what was lifted"},
+                    "422": _ERROR,
+                    **_AUTH_ERRORS,
+                },
             },
         },
         "/v1/admin/audit": {
             "get": {
                 "summary": "A tenant's decision changes, newest first (admin)",
                 "parameters": [_param("tenant_id", required=True)],
-                "responses": {"200": {"description": "audit entries"}},
+                "responses": {
+                    "200": {"description": "audit entries"},
+                    "422": _ERROR,
+                    **_AUTH_ERRORS,
+                },
             }
         },
         "/v1/spend": {
@@ -128,20 +169,18 @@ OPENAPI: dict[str, Any] = {
                     _param("id"),
                     _param("window", enum=list(WINDOWS)),
                 ],
-                "responses": {"200": {"description": "window metrics"}, "422": _ERROR},
+                "responses": {
+                    "200": {"description": "window metrics"},
+                    "422": _ERROR,
+                    **_AUTH_ERRORS,
+                },
             }
         },
-        "/healthz": {
-            "get": {"summary": "Process is up", "responses": {"200": {"description": "ok"}}}
-        },
-        "/readyz": {
-            "get": {
-                "summary": "Redis reachable",
-                "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}},
-            }
-        },
-        "/metrics": {
-            "get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text"}}}
-        },
+        "/healthz": _open("Process is up", {"200": {"description": "ok"}}),
+        "/readyz": _open(
+            "Redis reachable",
+            {"200": {"description": "ready"}, "503": {"description": "not ready"}},
+        ),
+        "/metrics": _open("Prometheus metrics", {"200": {"description": "text"}}),
     },
 }

@@ -25,6 +25,7 @@ ENTITY_PARAMS = {
     "model": Scope.model,
     "session_id": Scope.session,
 }
+# fullmatch, not match: `$` would also accept a value that ends with a newline.
 _TENANT_RE = re.compile(TENANT_PATTERN)
 _IDENT_RE = re.compile(IDENT_PATTERN)
 
@@ -41,7 +42,7 @@ def tenant_param(request: web.Request) -> str:
     value = request.query.get("tenant_id")
     if not value:
         raise BadRequest("tenant_id is required")
-    if not _TENANT_RE.match(value):
+    if not _TENANT_RE.fullmatch(value):
         raise BadRequest("tenant_id must be 1-128 characters of A-Z a-z 0-9 . _ : @ / + = -")
     return value
 
@@ -53,7 +54,7 @@ def ident_param(request: web.Request, name: str) -> str | None:
 def _ident(value: str | None, name: str) -> str | None:
     if value is None or value == "":
         return None
-    if not _IDENT_RE.match(value):
+    if not _IDENT_RE.fullmatch(value):
         raise BadRequest(f"{name} must be 1-256 printable characters")
     return value
 
@@ -100,6 +101,7 @@ async def answer_for(state: ApiState, entities: list[Entity], at_ms: int) -> Loo
 async def get_decision(request: web.Request) -> web.Response:
     """The strictest decision in force for any entity named in the query."""
     state: ApiState = request.app[ApiState.KEY]
+    state.authenticate(request)
     tenant = tenant_param(request)
     state.authorize(request, "decision:read", tenant)
     answer = await answer_for(state, lookup_entities(tenant, request.query), now_ms())
@@ -112,6 +114,7 @@ MAX_BATCH = 1000
 async def post_decision_batch(request: web.Request) -> web.Response:
     """Answers for many lookups at once: {"requests": [{tenant_id, user_id, ...}, ...]}."""
     state: ApiState = request.app[ApiState.KEY]
+    state.authenticate(request)
     try:
         body: Any = await request.json()
     except ValueError:
@@ -125,7 +128,7 @@ async def post_decision_batch(request: web.Request) -> web.Response:
         if not isinstance(ask, dict) or not all(isinstance(v, str) for v in ask.values()):
             raise BadRequest(f"requests[{index}] must be an object of strings")
         tenant = ask.get("tenant_id") or ""
-        if not _TENANT_RE.match(tenant):
+        if not _TENANT_RE.fullmatch(tenant):
             raise BadRequest(f"requests[{index}].tenant_id is missing or invalid")
         state.authorize(request, "decision:read", tenant)
         try:
@@ -139,6 +142,7 @@ async def post_decision_batch(request: web.Request) -> web.Response:
 async def get_spend(request: web.Request) -> web.Response:
     """All metrics of one entity's window."""
     state: ApiState = request.app[ApiState.KEY]
+    state.authenticate(request)
     scope_text = request.query.get("scope", "tenant")
     try:
         scope = Scope(scope_text)

@@ -68,8 +68,8 @@ class ApiState:
             "detector_api_redis_errors", "Requests answered without Redis", registry=self.registry
         )
 
-    def authorize(self, request: web.Request, scope: str, tenant_id: str | None) -> Grant | None:
-        """Check the bearer token for `scope` on `tenant_id`; no tokens configured means open."""
+    def authenticate(self, request: web.Request) -> Grant | None:
+        """The presented token's grant (401 when missing or unknown); None when the API is open."""
         if not self.tokens:
             return None
         header = request.headers.get("Authorization", "")
@@ -79,6 +79,13 @@ class ApiState:
         grant = find_grant(self.tokens, presented.strip())
         if grant is None:
             raise Forbidden(401, "unknown token")
+        return grant
+
+    def authorize(self, request: web.Request, scope: str, tenant_id: str | None) -> Grant | None:
+        """Check the bearer token for `scope` on `tenant_id`; no tokens configured means open."""
+        grant = self.authenticate(request)
+        if grant is None:
+            return None
         if not grant.permits(scope, tenant_id):
             raise Forbidden(403, f"token lacks {scope} for this tenant")
         return grant
