@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import random
@@ -174,6 +175,7 @@ def generate(
     while asyncio's epoll waits are rounded up to whole milliseconds, which at 2,000 requests/s
     would make the generator itself late by up to 1 ms on most requests.
     """
+    gc.disable()  # a collection pause here would be charged to the server as latency
     rng = random.Random(seed)
     host_line = f"Host: 127.0.0.1:{port}\r\n\r\n"
     socks = []
@@ -434,7 +436,9 @@ async def wait_ready(servers: list[Server]) -> None:
 async def check_answers(servers: list[Server], blocked: list[tuple[int, int]]) -> list[str]:
     """A blocked user gets "block", an unblocked one "allow"; the problems found, if any."""
     blocked_set = set(blocked)
-    allowed = next((t, u) for t in range(TENANTS) for u in range(USERS) if (t, u) not in blocked_set)
+    allowed = next(
+        (t, u) for t in range(TENANTS) for u in range(USERS) if (t, u) not in blocked_set
+    )
     expected = [(blocked[0], "block"), (allowed, "allow")]
     problems = []
     async with aiohttp.ClientSession() as session:
@@ -444,7 +448,9 @@ async def check_answers(servers: list[Server], blocked: list[tuple[int, int]]) -
                 async with session.get(url) as resp:
                     body = await resp.json()
                 if resp.status != 200 or body.get("action") != action:
-                    problems.append(f"{server.name}: t{t}/u{u} -> {resp.status} {body}, want {action}")
+                    problems.append(
+                        f"{server.name}: t{t}/u{u} -> {resp.status} {body}, want {action}"
+                    )
     return problems
 
 
@@ -491,7 +497,10 @@ def bench(args: argparse.Namespace) -> int:
         servers.append(start_server("decision_cached", api, env, DECISION_PREFIX))
         servers.append(
             start_server(
-                "decision_uncached", api, {**env, "DETECTOR_API_CACHE_MAX_AGE_S": "0"}, DECISION_PREFIX
+                "decision_uncached",
+                api,
+                {**env, "DETECTOR_API_CACHE_MAX_AGE_S": "0"},
+                DECISION_PREFIX,
             )
         )
         asyncio.run(wait_ready(servers))
@@ -552,19 +561,21 @@ def bench(args: argparse.Namespace) -> int:
                 f" gen_cpu={cand.gen_cpu:.2f}"
             )
         for name, load in fixed.items():
-            if load.rps < 0.98 * rate or load.gen_lag_p99_ms > 0.1 * load.p99_ms:
+            if load.rps < 0.98 * rate or load.gen_lag_p99_ms > 0.25 * load.p99_ms:
                 inaccurate.append(name)
+        lags = " ".join(f"{name}={ms(load.gen_lag_p99_ms)}" for name, load in fixed.items())
+        shared = f"generator, server and Redis share {os.cpu_count()} cores"
         if inaccurate:
             print(
-                f"note: at {rate:g} requests/s the generator fell behind or sent late for"
-                f" {', '.join(inaccurate)} (rps_done below 98% of the target, or gen_lag_p99 over"
-                " 10% of p99); on this machine generator, server and Redis share the cores, so"
-                " those figures include the generator's own delays"
+                f"note: the {rate:g} requests/s figures are not accurate for"
+                f" {', '.join(inaccurate)}: the generator fell behind (rps_done under 98% of the"
+                f" target) or sent late (gen_lag_p99 over 25% of p99) because {shared};"
+                f" gen_lag_p99_ms: {lags}"
             )
         else:
             print(
-                f"note: the generator kept {rate:g} requests/s on every server and its own send"
-                " lag stayed under 10% of p99; it still shares the cores with server and Redis"
+                f"note: the generator kept {rate:g} requests/s with gen_lag_p99 under 25% of p99"
+                f" on every server, but {shared}; gen_lag_p99_ms: {lags}"
             )
         counts = " ".join(f"{name}={n}" for name, n in non2xx.items())
         any_bad = sum(non2xx.values()) + socket_errors > 0

@@ -47,6 +47,16 @@ def key_tenants_key(api_key: str, hour_start_ms: int) -> str:
     return f"det:hll:{_tag(GLOBAL_TENANT)}:tenants:{api_key}:{hour_start_ms}"
 
 
+def hold_key(tenant: str, budget_id: str, scope: str, entity: str) -> str:
+    """Hash of the open reservations against one budget of one entity."""
+    return f"det:hold:{_tag(tenant)}:{budget_id}:{scope}:{entity}"
+
+
+def hold_index_key(tenant: str, request_id: str) -> str:
+    """The hold keys one reservation wrote, so its cost event can release them."""
+    return f"det:holdidx:{_tag(tenant)}:{request_id}"
+
+
 def decision_key(tenant: str, scope: str, entity: str) -> str:
     """Hash holding the current decision for one entity; expires with the decision."""
     return f"det:dec:{_tag(tenant)}:{scope}:{entity}"

@@ -70,6 +70,12 @@ async def handle_batch(messages: Sequence[RawMessage], deps: Deps, now_ms: int) 
     rules = deps.rules()
     applied = await deps.windows.apply_batch(priced, now_ms, filtered_series(rules))
     result.applied, result.duplicates = len(applied.applied), len(applied.duplicates)
+    if rules.budgets and applied.applied:
+        # A counted cost event releases the reservation made under the same request id.
+        by_tenant: dict[str, list[str]] = {}
+        for it in applied.applied:
+            by_tenant.setdefault(it.event.tenant_id, []).append(it.event.event_id)
+        await deps.decisions.reservations.settle(by_tenant)
     late_before_ms = now_ms - settings.allowed_lateness_s * 1000
     result.late = sum(1 for it in applied.applied if it.event.ts_ms < late_before_ms)
     result.alerts.extend(await _unpriced_alerts(applied.applied, deps, now_ms))

@@ -81,7 +81,9 @@ async def delete_override(request: web.Request) -> web.Response:
     except ValueError:
         raise BadRequest(f"scope must be a scope name, got {scope_text!r}") from None
     entity = _entity(scope, tenant, ident_param(request, "entity_id"))
-    reason = request.query.get("reason", "lifted through the API")[:500]
+    reason = request.query.get("reason") or "lifted through the API"
+    if len(reason) > 500:
+        raise BadRequest("reason must be at most 500 characters")
     record = lift_record(tenant, scope, entity, reason, "api", now_ms())
     ended = await state.decisions.lift(record)
     await state.publish_decision(record)

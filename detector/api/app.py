@@ -8,14 +8,16 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
-from detector.api import admin, routes
+from detector.api import admin, reserve, routes
 from detector.api.openapi import OPENAPI
 from detector.api.state import ApiState, Forbidden
 from detector.config import Settings
 
 log = logging.getLogger("detector.api")
+
+API_REDIS_CONNECTIONS = 64
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -60,10 +62,21 @@ async def openapi(request: web.Request) -> web.Response:
 def create_app(settings: Settings, redis: Redis | None = None) -> web.Application:
     """The API application; it owns (and closes) its Redis client unless one is given."""
     app = web.Application(middlewares=[guard])
-    client = redis if redis is not None else Redis.from_url(settings.redis_url)
+    # A bounded pool that makes requests wait for a free connection (up to 2 s) instead of
+    # failing when hundreds arrive at once.
+    client = (
+        redis
+        if redis is not None
+        else Redis(
+            connection_pool=BlockingConnectionPool.from_url(
+                settings.redis_url, max_connections=API_REDIS_CONNECTIONS, timeout=2
+            )
+        )
+    )
     app[ApiState.KEY] = ApiState(settings, client)
     app.router.add_get("/v1/decision", routes.get_decision)
     app.router.add_post("/v1/decision/batch", routes.post_decision_batch)
+    app.router.add_post("/v1/reserve", reserve.post_reserve)
     app.router.add_get("/v1/spend", routes.get_spend)
     app.router.add_get("/healthz", routes.healthz)
     app.router.add_get("/readyz", routes.readyz)

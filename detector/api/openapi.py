@@ -47,6 +47,28 @@ OVERRIDE_SCHEMA: dict[str, Any] = {
     },
 }
 
+RESERVE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["request_id", "tenant_id"],  # and an estimate: a cost, or model and tokens
+    "properties": {
+        "request_id": {"type": "string", "pattern": IDENT_PATTERN},
+        "tenant_id": {"type": "string", "pattern": TENANT_PATTERN},
+        **{
+            name: {"type": ["string", "null"], "pattern": IDENT_PATTERN}
+            for name in ("user_id", "api_key_id", "feature", "model", "session_id")
+        },
+        "estimated_cost_usd": {
+            "type": ["number", "null"],
+            "exclusiveMinimum": 0,
+            "maximum": 10000,
+        },
+        "input_tokens": {"type": "integer", "minimum": 0, "maximum": 100000000},
+        "output_tokens": {"type": "integer", "minimum": 0, "maximum": 100000000},
+        "hold_s": {"type": "integer", "minimum": 1, "maximum": 3600},
+    },
+}
+
 _AUTH_ERRORS = {
     "401": {"description": "missing or unknown bearer token"},
     "403": {"description": "the token lacks the scope or the tenant"},
@@ -125,6 +147,21 @@ OPENAPI: dict[str, Any] = {
                 "responses": {"200": {"description": "answers"}, "422": _ERROR, **_AUTH_ERRORS},
             }
         },
+        "/v1/reserve": {
+            "post": {
+                "summary": "Hold an estimated cost against every budget the request falls under",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": RESERVE_SCHEMA}},
+                },
+                "responses": {
+                    "200": {"description": "granted or refused, with what remains"},
+                    "422": _ERROR,
+                    "503": {"description": "rules or budget store unavailable"},
+                    **_AUTH_ERRORS,
+                },
+            }
+        },
         "/v1/admin/overrides": {
             "post": {
                 "summary": "Block, throttle or allow an entity for a while (admin)",
@@ -140,7 +177,12 @@ OPENAPI: dict[str, Any] = {
                     _param("tenant_id", required=True),
                     _param("scope", enum=[s.value for s in Scope if s is not Scope.global_]),
                     _param("entity_id"),
-                    _param("reason"),
+                    {
+                        "name": "reason",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string", "maxLength": 500},
+                    },
                 ],
                 "responses": {
                     "200": {"description": "what was lifted"},

@@ -14,6 +14,9 @@ from detector.api.auth import Grant, find_grant, parse_tokens
 from detector.api.cache import DecisionCache
 from detector.config import Settings
 from detector.decisions.store import DecisionStore, Entity
+from detector.pricing import PriceTable
+from detector.rules.holder import RulesHolder
+from detector.rules.schema import RuleSet
 from detector.schemas import Decision
 from detector.sinks.kafka import KafkaSink
 from detector.windows.counters import WindowStore
@@ -53,6 +56,8 @@ class ApiState:
         self.tokens = parse_tokens(secret)
         self._last_redis_log_s = 0.0
         self._kafka: KafkaSink | None = None
+        self._rules: RulesHolder | None = None
+        self._prices: PriceTable | None = None
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "detector_api_requests", "API requests", ["endpoint", "outcome"], registry=self.registry
@@ -101,6 +106,19 @@ class ApiState:
             await self._kafka.send_decisions([decision])
         except (KafkaError, OSError) as exc:
             log.error("could not publish a manual decision to Kafka: %r", exc)
+
+    def current_rules(self) -> RuleSet:
+        """The budgets reservations check, read on first use and re-read when the file changes."""
+        if self._rules is None:
+            self._rules = RulesHolder(self.settings.rules)
+        else:
+            self._rules.reload_if_changed()
+        return self._rules()
+
+    def prices(self) -> PriceTable:
+        if self._prices is None:
+            self._prices = PriceTable.load(self.settings.prices_file)
+        return self._prices
 
     async def lookup(self, entities: list[Entity], now_ms: int) -> list[Decision]:
         """Decisions in force for the entities, from the cache when there is one."""

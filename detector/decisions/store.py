@@ -9,6 +9,7 @@ from redis.asyncio import Redis
 
 from detector import keys
 from detector.decisions.policy import STRICTNESS
+from detector.decisions.reservations import ReservationStore
 from detector.schemas import Decision, Scope
 
 # Atomic upsert: a stricter decision replaces a milder one, the same action with a later expiry
@@ -103,6 +104,7 @@ class DecisionStore:
 
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
+        self.reservations = ReservationStore(redis)
         self._upsert = redis.register_script(_UPSERT_LUA)
         self._claim = redis.register_script(_CLAIM_LUA)
 

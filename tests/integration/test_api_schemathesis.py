@@ -36,6 +36,9 @@ async def test_schemathesis_finds_nothing(
 ) -> None:
     cli = shutil.which("schemathesis", path=str(Path(sys.executable).parent))
     assert cli is not None, "schemathesis is a dev dependency: pip install -e '.[dev]'"
+    (tmp_path / "rules.yaml").write_text(
+        "budgets: [{id: daily, scope: tenant, period: day, amount_usd: 10}]\n"
+    )
     port = free_port()
     settings = settings_factory(api_port=port, api_tokens=SecretStr("fuzz-admin=admin"))
     with (tmp_path / "api.log").open("wb") as log:
@@ -58,7 +61,7 @@ async def test_schemathesis_finds_nothing(
             await asyncio.sleep(0.2)
     run = await asyncio.create_subprocess_exec(
         cli, "run", f"{base}/openapi.json", "--checks", CHECKS, "--max-examples", "40",
-        "--seed", "1", "-H", "Authorization: Bearer fuzz-admin",
+        "--seed", "1", "-H", "Authorization: Bearer fuzz-admin", "--output-sanitize", "false",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
     output, _ = await run.communicate()

@@ -1,0 +1,160 @@
+"""Budget reservations: a gateway holds an estimated cost against every budget that applies
+before it forwards a request, atomically, so that concurrent requests cannot together spend
+past a budget; the request's cost event (same id) releases the hold, and an unsettled hold
+expires on its own.
+
+All of one tenant's keys share its Redis Cluster slot, so one Lua call checks and holds across
+every budget of the request at once. Spend comes from the day buckets of the budget's period;
+holds live in one hash per (budget, entity): request id -> "micro-dollars:expiry ms".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import orjson
+from redis.asyncio import Redis
+
+from detector import keys
+from detector.rules.schema import BudgetRule, RuleSet
+from detector.schemas import Scope
+from detector.windows.buckets import window_buckets
+from detector.windows.counters import entity_prefix
+
+# KEYS[1]: the tenant's hold index for this request (declares the slot).
+# ARGV[1]: JSON {"id": request id, "amount": micros, "now": ms, "ttl": ms,
+#                "budgets": [[hold key, limit micros, [day bucket keys...]], ...]}
+# Returns {granted (1/0), remaining micros per budget after the hold (or before, if refused)}.
+_RESERVE_LUA = """
+local p = cjson.decode(ARGV[1])
+local now, amount = p.now, p.amount
+local remaining = {}
+local ok = 1
+for i, b in ipairs(p.budgets) do
+  local spent = 0
+  for _, v in ipairs(redis.call('MGET', unpack(b[3]))) do
+    if v and #v >= 8 then spent = spent + struct.unpack('>i8', v) end
+  end
+  local held = 0
+  local holds = redis.call('HGETALL', b[1])
+  for j = 1, #holds, 2 do
+    local micros, expiry = string.match(holds[j + 1], '^(%d+):(%d+)$')
+    if tonumber(expiry) <= now then
+      redis.call('HDEL', b[1], holds[j])
+    else
+      held = held + tonumber(micros)
+    end
+  end
+  remaining[i] = b[2] - spent - held
+  if remaining[i] < amount then ok = 0 end
+end
+if ok == 0 then
+  local out = {0}
+  for i = 1, #remaining do out[#out + 1] = string.format('%d', remaining[i]) end
+  return out
+end
+local value = string.format('%d:%d', amount, now + p.ttl)
+local out = {1}
+for i, b in ipairs(p.budgets) do
+  redis.call('HSET', b[1], p.id, value)
+  redis.call('PEXPIRE', b[1], p.ttl * 2)
+  redis.call('RPUSH', KEYS[1], b[1])
+  out[#out + 1] = string.format('%d', remaining[i] - amount)
+end
+redis.call('PEXPIRE', KEYS[1], p.ttl * 2)
+return out
+"""
+
+# KEYS[1]: any key of the tenant; ARGV: request ids whose cost events were counted.
+_SETTLE_LUA = """
+local prefix = KEYS[1]
+for _, id in ipairs(ARGV) do
+  local index = prefix .. id
+  for _, hold in ipairs(redis.call('LRANGE', index, 0, -1)) do
+    redis.call('HDEL', hold, id)
+  end
+  redis.call('DEL', index)
+end
+return 0
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    budget: BudgetRule
+    scope: Scope
+    entity_id: str
+    remaining_usd_micros: int
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    granted: bool
+    budgets: list[Held]
+
+
+def applicable(
+    rules: RuleSet, tenant: str, named: dict[Scope, str]
+) -> list[tuple[BudgetRule, str]]:
+    """The budgets (and their entities) that a request naming these entities falls under."""
+    out = []
+    for budget in rules.budgets:
+        entity = tenant if budget.scope is Scope.tenant else named.get(budget.scope)
+        if entity is not None and budget.scope is not Scope.global_:
+            out.append((budget, entity))
+    return out
+
+
+class ReservationStore:
+    """Holds and releases estimated costs against budgets in Redis."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self._reserve = redis.register_script(_RESERVE_LUA)
+        self._settle = redis.register_script(_SETTLE_LUA)
+
+    async def reserve(
+        self,
+        tenant: str,
+        request_id: str,
+        amount_usd_micros: int,
+        budgets: Sequence[tuple[BudgetRule, str]],
+        hold_s: int,
+        now_ms: int,
+    ) -> Reservation:
+        """Hold the amount against every budget, or nothing if any would go over."""
+        asks = []
+        for budget, entity in budgets:
+            size_s, starts = window_buckets(budget.window, now_ms)
+            prefix = f"{entity_prefix(tenant, budget.scope, entity)}{size_s}:"
+            limit = round(budget.amount_for(entity) * 1_000_000)
+            hold_key = keys.hold_key(tenant, budget.id, budget.scope, entity)
+            asks.append([hold_key, limit, [f"{prefix}{start}" for start in starts]])
+        payload = {
+            "id": request_id,
+            "amount": amount_usd_micros,
+            "now": now_ms,
+            "ttl": hold_s * 1000,
+            "budgets": asks,
+        }
+        reply = await self._reserve(
+            keys=[keys.hold_index_key(tenant, request_id)], args=[orjson.dumps(payload)]
+        )
+        granted = int(reply[0]) == 1
+        held = [
+            Held(budget, budget.scope, entity, int(left))
+            for (budget, entity), left in zip(budgets, reply[1:], strict=True)
+        ]
+        return Reservation(granted, held)
+
+    async def settle(self, by_tenant: dict[str, list[str]]) -> None:
+        """Release the holds of requests whose cost events were counted."""
+        if not by_tenant:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for tenant, request_ids in by_tenant.items():
+            await self._settle(
+                keys=[keys.hold_index_key(tenant, "")], args=request_ids, client=pipe
+            )
+        await pipe.execute()
