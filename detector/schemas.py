@@ -161,3 +161,4 @@ class LookupAnswer(BaseModel):
     retry_after_s: int | None
     reasons: list[dict[str, str | int | bool]]
     degraded: bool = False
+    remaining_usd: float | None = None  # least left of the budgets that apply, when asked

@@ -91,6 +91,7 @@ OPENAPI: dict[str, Any] = {
                         _param(p)
                         for p in ("user_id", "api_key_id", "feature", "model", "session_id")
                     ),
+                    _param("budgets", enum=["true", "false", "1", "0"]),
                 ],
                 "responses": {
                     "200": {

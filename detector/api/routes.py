@@ -12,7 +12,9 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from detector.api.state import ApiState
+from detector.decisions.reservations import applicable
 from detector.decisions.store import Entity
+from detector.errors import RulesError
 from detector.schemas import IDENT_PATTERN, TENANT_PATTERN, Action, LookupAnswer, Scope
 from detector.windows.buckets import WINDOWS
 
@@ -104,8 +106,33 @@ async def get_decision(request: web.Request) -> web.Response:
     state.authenticate(request)
     tenant = tenant_param(request)
     state.authorize(request, "decision:read", tenant)
-    answer = await answer_for(state, lookup_entities(tenant, request.query), now_ms())
+    entities = lookup_entities(tenant, request.query)
+    budgets_flag = request.query.get("budgets", "false")
+    if budgets_flag not in ("1", "0", "true", "false"):
+        raise BadRequest(f"budgets must be true or false, got {budgets_flag[:20]!r}")
+    at_ms = now_ms()
+    answer = await answer_for(state, entities, at_ms)
+    if budgets_flag in ("1", "true"):
+        answer = await with_remaining(state, answer, entities, at_ms)
     return web.json_response(text=answer.model_dump_json())
+
+
+async def with_remaining(
+    state: ApiState, answer: LookupAnswer, entities: list[Entity], at_ms: int
+) -> LookupAnswer:
+    """The answer with what is left of the budgets that apply (one Redis call, not cached)."""
+    try:
+        rules = state.current_rules()
+        tenant = entities[0][0]
+        named = {scope: entity for _, scope, entity in entities[1:]}
+        budgets = applicable(rules, tenant, named)
+        held = await state.decisions.reservations.remaining(tenant, budgets, at_ms)
+    except (RulesError, RedisError, OSError):
+        return answer.model_copy(update={"degraded": True})
+    if not held:
+        return answer
+    least = min(h.remaining_usd_micros for h in held)
+    return answer.model_copy(update={"remaining_usd": max(least, 0) / 1_000_000})
 
 
 MAX_BATCH = 1000

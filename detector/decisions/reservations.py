@@ -23,8 +23,9 @@ from detector.windows.buckets import window_buckets
 from detector.windows.counters import entity_prefix
 
 # KEYS[1]: the tenant's hold index for this request (declares the slot).
-# ARGV[1]: JSON {"id": request id, "amount": micros, "now": ms, "ttl": ms,
+# ARGV[1]: JSON {"id": request id, "amount": micros, "now": ms, "ttl": ms, "peek": bool,
 #                "budgets": [[hold key, limit micros, [day bucket keys...]], ...]}
+# With peek, nothing is held: the call only says what remains.
 # Returns {granted (1/0), remaining micros per budget after the hold (or before, if refused)}.
 _RESERVE_LUA = """
 local p = cjson.decode(ARGV[1])
@@ -49,8 +50,8 @@ for i, b in ipairs(p.budgets) do
   remaining[i] = b[2] - spent - held
   if remaining[i] < amount then ok = 0 end
 end
-if ok == 0 then
-  local out = {0}
+if ok == 0 or p.peek then
+  local out = {ok}
   for i = 1, #remaining do out[#out + 1] = string.format('%d', remaining[i]) end
   return out
 end
@@ -124,6 +125,18 @@ class ReservationStore:
         now_ms: int,
     ) -> Reservation:
         """Hold the amount against every budget, or nothing if any would go over."""
+        return await self._call(tenant, request_id, amount_usd_micros, budgets, hold_s, now_ms)
+
+    async def _call(
+        self,
+        tenant: str,
+        request_id: str,
+        amount_usd_micros: int,
+        budgets: Sequence[tuple[BudgetRule, str]],
+        hold_s: int,
+        now_ms: int,
+        peek: bool = False,
+    ) -> Reservation:
         asks = []
         for budget, entity in budgets:
             size_s, starts = window_buckets(budget.window, now_ms)
@@ -137,6 +150,7 @@ class ReservationStore:
             "now": now_ms,
             "ttl": hold_s * 1000,
             "budgets": asks,
+            "peek": peek,
         }
         reply = await self._reserve(
             keys=[keys.hold_index_key(tenant, request_id)], args=[orjson.dumps(payload)]
@@ -147,6 +161,15 @@ class ReservationStore:
             for (budget, entity), left in zip(budgets, reply[1:], strict=True)
         ]
         return Reservation(granted, held)
+
+    async def remaining(
+        self, tenant: str, budgets: Sequence[tuple[BudgetRule, str]], now_ms: int
+    ) -> list[Held]:
+        """What is left of each budget after spend and open holds, without holding anything."""
+        if not budgets:
+            return []
+        result = await self._call(tenant, "", 0, budgets, 1, now_ms, peek=True)
+        return result.budgets
 
     async def settle(self, by_tenant: dict[str, list[str]]) -> None:
         """Release the holds of requests whose cost events were counted."""

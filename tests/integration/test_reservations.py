@@ -103,3 +103,25 @@ async def test_reserve_validates_and_prices_token_estimates(
             assert (await r.json())["error"] == (
                 "body: give estimated_cost_usd, or model with input/output tokens"
             )
+
+
+async def test_decision_lookup_can_say_what_is_left(
+    pipeline_deps_factory: Callable[[str], Deps],
+    settings_factory: Callable[..., Settings],
+    redis: Redis,
+) -> None:
+    deps = pipeline_deps_factory(RULES)
+    await spend(deps, "initech", "before", 9.5)
+    async with serve_api(settings_factory(), None) as base, aiohttp.ClientSession() as http:
+
+        async def left() -> object:
+            params = {"tenant_id": "initech", "budgets": "true"}
+            async with http.get(f"{base}/v1/decision", params=params) as r:
+                return (await r.json())["remaining_usd"]
+
+        assert await left() == 0.5
+        assert (await reserve(http, base, "initech", "r1", 0.2))["granted"] is True
+        assert await left() == 0.3
+        params = {"tenant_id": "initech"}
+        async with http.get(f"{base}/v1/decision", params=params) as r:
+            assert (await r.json())["remaining_usd"] is None  # only when asked
