@@ -9,7 +9,8 @@ from detector.windows.buckets import WINDOWS
 
 
 def _param(name: str, required: bool = False, enum: list[str] | None = None) -> dict[str, Any]:
-    schema: dict[str, Any] = {"type": "string", "pattern": IDENT_PATTERN}
+    # An empty value is the same as leaving the parameter out.
+    schema: dict[str, Any] = {"type": "string", "pattern": "^$|" + IDENT_PATTERN}
     if name == "tenant_id":
         schema = {"type": "string", "pattern": TENANT_PATTERN}
     if enum:
