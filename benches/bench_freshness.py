@@ -306,15 +306,19 @@ class Prober:
 
     async def run(self, count: int, interval_s: float) -> list[Probe]:
         """`count` probes started every `interval_s`, concurrently."""
-        tasks = []
+        tasks: list[asyncio.Task[Probe]] = []
         start = time.perf_counter()
-        for i in range(count):
-            check_alive(self.procs)
-            delay_s = start + i * interval_s - time.perf_counter()
-            if delay_s > 0:
-                await asyncio.sleep(delay_s)
-            tasks.append(asyncio.create_task(self.probe()))
-        return list(await asyncio.gather(*tasks))
+        try:
+            for i in range(count):
+                check_alive(self.procs)
+                delay_s = start + i * interval_s - time.perf_counter()
+                if delay_s > 0:
+                    await asyncio.sleep(delay_s)
+                tasks.append(asyncio.create_task(self.probe()))
+            return list(await asyncio.gather(*tasks))
+        finally:
+            for task in tasks:
+                task.cancel()
 
 
 def probe_fields(probes: Sequence[Probe]) -> dict[str, float]:

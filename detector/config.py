@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     api_port: int = Field(default=8080, ge=0, le=65535)
     api_tokens: SecretStr | None = None
     fail_open: bool = True
+    # Tenants answered `block` when Redis is unreachable even though fail_open is true.
+    fail_closed_tenants: str = Field(default="", max_length=10_000)
     # Lookup API decision cache: entries are dropped on every announced change and at most this
     # old otherwise; 0 turns the cache off.
     api_cache_max_age_s: float = Field(default=10.0, ge=0, le=3600)
@@ -74,6 +76,16 @@ class Settings(BaseSettings):
         if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ValueError("expected DEBUG, INFO, WARNING or ERROR")
         return level
+
+    def fails_closed(self, tenant: str) -> bool:
+        """Whether a lookup for `tenant` answers block when Redis cannot be reached.
+
+        >>> Settings(fail_closed_tenants="acme, bank").fails_closed("bank")
+        True
+        """
+        if not self.fail_open:
+            return True
+        return tenant in {t.strip() for t in self.fail_closed_tenants.split(",") if t.strip()}
 
     def topic(self, name: str) -> str:
         """Full topic name for one of keys.TOPIC_* (a prefix lets tests isolate themselves)."""

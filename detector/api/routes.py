@@ -77,7 +77,8 @@ async def answer_for(state: ApiState, entities: list[Entity], at_ms: int) -> Loo
         found = await state.lookup(entities, at_ms)
     except (RedisError, OSError):
         state.redis_down()
-        action = Action.allow if state.settings.fail_open else Action.block
+        closed = state.settings.fails_closed(entities[0][0])
+        action = Action.block if closed else Action.allow
         return LookupAnswer(action=action, retry_after_s=None, reasons=[], degraded=True)
     if not found:
         return LookupAnswer(action=Action.allow, retry_after_s=None, reasons=[])

@@ -153,6 +153,11 @@ async def test_redis_down_fails_open_and_readiness_drops(
             assert r.status == 200 and body["action"] == "allow" and body["degraded"] is True
         async with http.get(f"{base}/readyz") as r:
             assert r.status == 503
+    per_tenant = settings_factory(redis_url="redis://127.0.0.1:1/0", fail_closed_tenants="bank")
+    async with serve_api(per_tenant, dead) as base, aiohttp.ClientSession() as http:
+        for tenant, expected in (("bank", "block"), ("acme", "allow")):
+            async with http.get(f"{base}/v1/decision", params={"tenant_id": tenant}) as r:
+                assert (await r.json())["action"] == expected
     closed = settings_factory(redis_url="redis://127.0.0.1:1/0", fail_open=False)
     async with serve_api(closed, dead) as base, aiohttp.ClientSession() as http:
         async with http.get(f"{base}/v1/decision", params={"tenant_id": "acme"}) as r:
