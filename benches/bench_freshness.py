@@ -198,8 +198,17 @@ class Proc:
     proc: subprocess.Popen[bytes]
     log_path: Path
 
+    def cpu_s(self) -> float:
+        """User + system CPU the process has used so far."""
+        return proc_cpu_s(self.proc.pid)
+
     def log_tail(self) -> str:
         return self.log_path.read_text(errors="replace")[-3000:]
+
+
+def proc_cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def start_proc(name: str, settings: Settings, log_dir: Path, **extra: str) -> Proc:
@@ -399,6 +408,7 @@ async def bench(args: argparse.Namespace, settings: Settings, run_id: str, log_d
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=LINGER_MS
     )
+    producer_started = False
     try:
         await redis.flushdb()
         await ensure_topics(settings)
@@ -407,6 +417,7 @@ async def bench(args: argparse.Namespace, settings: Settings, run_id: str, log_d
         procs.append(start_proc("api", settings, log_dir, DETECTOR_API_PORT=str(port)))
         base_url = f"http://127.0.0.1:{port}"
         await producer.start()
+        producer_started = True
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as http:
             await wait_api(http, base_url, procs)
             prober = Prober(
@@ -430,6 +441,7 @@ async def bench(args: argparse.Namespace, settings: Settings, run_id: str, log_d
                         "case": "decision_freshness_idle",
                         "target_eps": 0,
                         "produced_eps": 0,
+                        "counted_eps": 0,
                         "n": args.probes,
                         **{k: idle[k] for k in ("p50_ms", "p99_ms", "max_ms")},
                         "goal_p99_ms": int(GOAL_P99_MS),
@@ -443,14 +455,19 @@ async def bench(args: argparse.Namespace, settings: Settings, run_id: str, log_d
 
             loader.start()
             await asyncio.sleep(args.warmup_s)
-            if not loader.is_alive():
+            if not loader.is_alive() or loader.pid is None:
                 raise SystemExit(f"the load process exited with {loader.exitcode}")
+            load_pid = loader.pid
             extra0 = prober.next_n + 1  # probe and warm-up events counted besides the load
             produced0, counted0 = acked.value, await counted_events(windows)
+            cpu0 = [p.cpu_s() for p in procs] + [proc_cpu_s(load_pid)]
             polls0, t0 = prober.polls, time.perf_counter()
             loaded = probe_fields(await prober.run(args.probes, args.interval_s))
             produced1, counted1 = acked.value, await counted_events(windows)
             elapsed_s = time.perf_counter() - t0
+            cpu1 = [p.cpu_s() for p in procs] + [proc_cpu_s(load_pid)]
+            used = [(b - a) / elapsed_s for a, b in zip(cpu0, cpu1, strict=True)]
+            worker_cpu, api_cpu, load_cpu = used
             extra1 = extra0 + args.probes
             stop.set()
             loader.join(timeout=30)
@@ -480,6 +497,9 @@ async def bench(args: argparse.Namespace, settings: Settings, run_id: str, log_d
                     "ratio_p50": f"{loaded['p50_ms'] / idle['p50_ms']:.2f}x",
                     "ratio_p99": f"{loaded['p99_ms'] / idle['p99_ms']:.2f}x",
                     "polls_per_s": round((prober.polls - polls0) / elapsed_s),
+                    "worker_cpu": f"{worker_cpu:.2f}",
+                    "api_cpu": f"{api_cpu:.2f}",
+                    "load_cpu": f"{load_cpu:.2f}",
                     "phase_s": elapsed_s,
                 }
             ),
@@ -499,7 +519,8 @@ async def bench(args: argparse.Namespace, settings: Settings, run_id: str, log_d
             if loader.is_alive():
                 loader.kill()
                 loader.join()
-        await producer.stop()
+        if producer_started:
+            await producer.stop()
         stop_procs(procs)
         await redis.flushdb()
         await redis.aclose()
