@@ -22,12 +22,12 @@ from redis.exceptions import RedisError
 
 from detector import keys
 from detector.api.app import create_app
-from detector.backtest import Collected
 from detector.config import Settings
 from detector.decisions.store import DecisionStore
 from detector.pipeline import Deps
 from detector.pricing import PriceTable
 from detector.rules.holder import RulesHolder
+from detector.sinks.kafka import KafkaSink
 from detector.slack_stub import SlackStub
 from detector.startup import ensure_topics
 from detector.windows.counters import WindowStore
@@ -210,20 +210,26 @@ def worker_factory(
 
 
 @pytest.fixture
-def pipeline_deps_factory(redis: Redis, tmp_path: Path) -> Callable[[str], Deps]:
-    """Deps for calling `pipeline.handle_batch` directly: real Redis, outputs collected."""
+async def pipeline_deps_factory(
+    redis: Redis, kafka_topics: Settings, tmp_path: Path
+) -> AsyncIterator[Callable[[str], Deps]]:
+    """Deps for calling `pipeline.handle_batch` directly: real Redis, and the real Kafka topics
+    of this test for everything the pipeline publishes."""
+    kafka = KafkaSink(kafka_topics)
+    await kafka.start()
 
     def build(rules_text: str) -> Deps:
         path = tmp_path / "rules.yaml"
         path.write_text(rules_text)
-        settings = Settings(redis_url=TEST_REDIS_URL, rules=path)
+        settings = kafka_topics.model_copy(update={"rules": path})
         return Deps(
             settings=settings,
             rules=RulesHolder(path),
             prices=PriceTable.load(),
             windows=WindowStore(redis, 3600, settings.allowed_lateness_s),
             decisions=DecisionStore(redis),
-            kafka=Collected(),
+            kafka=kafka,
         )
 
-    return build
+    yield build
+    await kafka.close()
