@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from common import free_port, percentile
 from redis.asyncio import Redis
 
 from detector.decisions.store import DecisionStore
@@ -132,18 +133,6 @@ class Server:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def percentile(sorted_values: list[float], pct: float) -> float:
-    """Nearest-rank percentile of an ascending list.
-
-    >>> percentile([1.0, 2.0, 3.0, 4.0], 50), percentile([1.0, 2.0, 3.0, 4.0], 99)
-    (2.0, 4.0)
-    """
-    if not sorted_values:
-        return float("nan")
-    rank = max(1, -(-len(sorted_values) * pct // 100))
-    return sorted_values[int(rank) - 1]
-
-
 def content_length(head: bytes) -> int:
     """The Content-Length of a lower-cased HTTP/1.1 response head (aiohttp always sends one).
 
@@ -155,12 +144,6 @@ def content_length(head: bytes) -> int:
         if name == b"content-length":
             return int(value)
     raise RuntimeError(f"answer without Content-Length: {head!r}")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # --- the load generator (runs in its own process) ---------------------------------------------

@@ -41,7 +41,6 @@ import itertools
 import multiprocessing
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -58,17 +57,17 @@ from typing import Any
 import aiohttp
 import orjson
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient
+from common import delete_run_topics, free_port, percentile, run_settings, services_reachable
 from redis.asyncio import Redis
 
 from detector import keys
 from detector.config import Settings
-from detector.errors import ConfigError
 from detector.schemas import Scope
 from detector.simulate import Scenario, generate
-from detector.startup import check_kafka, check_redis, ensure_topics
+from detector.startup import ensure_topics
 from detector.timefmt import parse_ts_ms
 from detector.windows.counters import WindowStore
+from detector.worker import now_ms
 
 REPO = Path(__file__).resolve().parent.parent
 REDIS_DB = 8
@@ -93,28 +92,6 @@ LINGER_MS = 5
 POLL_S = 0.005
 LOAD_TICK_S = 0.005
 READY_TIMEOUT_S = 60.0
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-def percentile(sorted_values: Sequence[float], pct: float) -> float:
-    """Nearest-rank percentile of an ascending list.
-
-    >>> percentile([1.0, 2.0, 3.0, 4.0], 50), percentile([1.0, 2.0, 3.0, 4.0], 99)
-    (2.0, 4.0)
-    """
-    if not sorted_values:
-        return float("nan")
-    rank = max(1, -(-len(sorted_values) * pct // 100))
-    return sorted_values[int(rank) - 1]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # --- background load (runs in its own process) -----------------------------------------------
@@ -379,18 +356,6 @@ async def wait_api(http: aiohttp.ClientSession, base_url: str, procs: Sequence[P
         await asyncio.sleep(0.1)
 
 
-async def delete_run_topics(bootstrap: str, prefix: str) -> None:
-    """Delete this run's topics, faust's own included (their names start with the group id)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        topics = [t for t in await admin.list_topics() if t.startswith(prefix)]
-        if topics:
-            await admin.delete_topics(topics)
-    finally:
-        await admin.close()
-
-
 async def bench(args: argparse.Namespace, settings: Settings, run_id: str, log_dir: Path) -> None:
     topic = settings.topic(keys.TOPIC_EVENTS)
     redis = Redis.from_url(settings.redis_url)
@@ -539,20 +504,16 @@ async def main(args: argparse.Namespace) -> int:
         tmp_path = Path(tmp)
         rules_path = tmp_path / "rules.yaml"
         rules_path.write_text(RULES)
-        settings = Settings(
-            kafka_bootstrap=args.kafka,
-            redis_url=args.redis_url,
-            rules=rules_path,
-            topic_prefix=f"benchf-{run_id}.",
-            consumer_group=f"benchf-{run_id}",
-            data_dir=tmp_path / "data",
-            batch_max_wait_ms=args.batch_max_wait_ms,
+        settings = run_settings(
+            args.kafka, args.redis_url, f"benchf-{run_id}", tmp_path / "data"
+        ).model_copy(
+            update={
+                "rules": rules_path,
+                "batch_max_wait_ms": args.batch_max_wait_ms,
+                "log_level": "INFO",
+            }
         )
-        try:
-            await check_redis(settings)
-            await check_kafka(settings)
-        except ConfigError as exc:
-            print(f"bench_freshness: {exc}", file=sys.stderr)
+        if not await services_reachable(settings, "bench_freshness"):
             return 1
         started = time.perf_counter()
         await bench(args, settings, run_id, tmp_path)

@@ -43,28 +43,26 @@ import faust
 import orjson
 import workloads
 from aiokafka import AIOKafkaConsumer
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import DefaultPartitioner
+from common import delete_run_topics, run_settings, services_reachable
 from redis.asyncio import Redis
 
 from detector import keys
 from detector.config import Settings
 from detector.decisions.store import DecisionStore
-from detector.errors import ConfigError
 from detector.ingest.decode import decode_event
 from detector.pipeline import Deps, handle_batch
 from detector.pricing import PriceTable, price_event
 from detector.rules.holder import RulesHolder
 from detector.schemas import Scope
 from detector.sinks.kafka import KafkaSink
-from detector.startup import check_kafka, check_redis, ensure_topics
+from detector.startup import ensure_topics
 from detector.windows.buckets import MAX_RETENTION_S
 from detector.windows.counters import PricedEvent, WindowStore
 from detector.worker import EventsConsumer, now_ms
 
 log = logging.getLogger("bench_ingest")
 
-REPO = Path(__file__).resolve().parent.parent
 POLL_S = 0.02  # completion is detected within this much of the last event being counted
 TAKE_MAX = 1000
 TAKE_WITHIN_S = 0.2
@@ -430,19 +428,6 @@ async def case_consume(settings: Settings, n: int, timeout_s: float) -> str:
     )
 
 
-async def delete_run_topics(settings: Settings, prefix: str) -> None:
-    """Delete this run's topics (aiokafka's admin cannot delete consumer groups; their offsets
-    expire with the broker's offsets.retention)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    await admin.start()
-    try:
-        topics = [t for t in await admin.list_topics() if t.startswith(prefix)]
-        if topics:
-            await admin.delete_topics(topics)
-    finally:
-        await admin.close()
-
-
 async def main(args: argparse.Namespace) -> int:
     if not args.redis_url.rstrip("/").endswith("/12"):
         print(
@@ -453,20 +438,8 @@ async def main(args: argparse.Namespace) -> int:
     run_id = uuid.uuid4().hex[:8]
     prefix = f"bench-{run_id}"
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as data_dir:
-        settings = Settings(
-            kafka_bootstrap=args.kafka,
-            redis_url=args.redis_url,
-            rules=REPO / "rules.yaml",
-            topic_prefix=f"{prefix}.",
-            consumer_group=prefix,
-            data_dir=Path(data_dir),
-            log_level="WARNING",
-        )
-        try:
-            await check_redis(settings)
-            await check_kafka(settings)
-        except ConfigError as exc:
-            print(f"bench_ingest: {exc}", file=sys.stderr)
+        settings = run_settings(args.kafka, args.redis_url, prefix, Path(data_dir))
+        if not await services_reachable(settings, "bench_ingest"):
             return 1
         rules = RulesHolder(settings.rules)
 
@@ -488,7 +461,7 @@ async def main(args: argparse.Namespace) -> int:
         finally:
             await redis.flushdb()
             await redis.aclose()
-            await delete_run_topics(settings, prefix)
+            await delete_run_topics(settings.kafka_bootstrap, prefix)
     return 0
 
 

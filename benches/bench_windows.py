@@ -42,7 +42,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,27 +50,25 @@ from typing import Any
 import orjson
 import workloads
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
-from aiokafka.admin import AIOKafkaAdminClient
+from common import delete_run_topics, run_settings, services_reachable
 from redis.asyncio import Redis
 
 from detector import keys
 from detector.config import Settings
 from detector.decisions.store import DecisionStore
-from detector.errors import ConfigError
 from detector.ingest.decode import decode_event
 from detector.pipeline import Deps, RawMessage, handle_batch
 from detector.pricing import PriceTable, price_event
 from detector.rules.holder import RulesHolder
-from detector.schemas import Scope
+from detector.schemas import Scope, UsageEvent
 from detector.sinks.kafka import KafkaSink
-from detector.startup import check_kafka, check_redis, ensure_topics
+from detector.startup import ensure_topics
 from detector.windows.buckets import MAX_RETENTION_S
 from detector.windows.counters import ApplyResult, PricedEvent, WindowStore
 from detector.worker import EventsConsumer, now_ms
 
 log = logging.getLogger("bench_windows")
 
-REPO = Path(__file__).resolve().parent.parent
 REDIS_DB = 13
 BATCH_EVENTS = 2000
 SAMPLE_KEYS = 200  # MEMORY USAGE calls per key kind
@@ -378,9 +376,14 @@ class StagedWindowStore(WindowStore):
         self.wall_s[stage] += time.perf_counter() - begun[1]
         self.script_us[stage] += (await command_stats(self.info))["evalsha"][1] - begun[0]
 
-    async def apply_batch(self, batch: Sequence[PricedEvent], now_ms: int) -> ApplyResult:
+    async def apply_batch(
+        self,
+        batch: Sequence[PricedEvent],
+        now_ms: int,
+        series: Callable[[UsageEvent], list[str]] | None = None,
+    ) -> ApplyResult:
         begun = await self._begin()
-        result = await super().apply_batch(batch, now_ms)
+        result = await super().apply_batch(batch, now_ms, series)
         await self._end("apply_batch", begun)
         return result
 
@@ -458,35 +461,12 @@ async def profile_section(
     return lines
 
 
-async def delete_run_topics(settings: Settings, prefix: str) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    await admin.start()
-    try:
-        topics = [t for t in await admin.list_topics() if t.startswith(prefix)]
-        if topics:
-            await admin.delete_topics(topics)
-    finally:
-        await admin.close()
-
-
 async def main(args: argparse.Namespace) -> int:
     redis_url = f"redis://{args.redis}/{REDIS_DB}"
     prefix = f"benchw-{uuid.uuid4().hex[:8]}"
     with tempfile.TemporaryDirectory(prefix="bench-windows-") as data_dir:
-        settings = Settings(
-            kafka_bootstrap=args.kafka,
-            redis_url=redis_url,
-            rules=REPO / "rules.yaml",
-            topic_prefix=f"{prefix}.",
-            consumer_group=prefix,
-            data_dir=Path(data_dir),
-            log_level="WARNING",
-        )
-        try:
-            await check_redis(settings)
-            await check_kafka(settings)
-        except ConfigError as exc:
-            print(f"bench_windows: {exc}", file=sys.stderr)
+        settings = run_settings(args.kafka, redis_url, prefix, Path(data_dir))
+        if not await services_reachable(settings, "bench_windows"):
             return 1
         rules = RulesHolder(settings.rules)
         mix = workloads.Mix(seed=args.seed, tenants=args.tenants, users=args.mix_users)
@@ -511,7 +491,7 @@ async def main(args: argparse.Namespace) -> int:
         finally:
             await redis.flushdb()
             await redis.aclose()
-            await delete_run_topics(settings, prefix)
+            await delete_run_topics(settings.kafka_bootstrap, prefix)
     for line in profile:
         print(line, flush=True)
     return 0
