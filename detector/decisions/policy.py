@@ -6,7 +6,7 @@ import hashlib
 from dataclasses import dataclass
 
 from detector.rules.engine import BudgetHit, RuleHit
-from detector.rules.schema import AbuseRule, GrowthRule, RuleSet
+from detector.rules.schema import AbuseRule, BudgetRule, GrowthRule, RuleSet, ThresholdRule
 from detector.schemas import Action, Alert, AlertKind, Decision, Scope, Severity, Strictness
 from detector.timefmt import rfc3339
 from detector.windows.buckets import calendar_end_ms
@@ -37,22 +37,48 @@ def decide(rules: RuleSet, hits: list[RuleHit], event_time_ms: int, now_ms: int)
         allowed = rules.allowed(hit.scope, hit.entity_id)
         decision = None
         if enforce and not allowed:
-            decision = Decision(
-                tenant_id=hit.tenant_id,
-                scope=hit.scope,
-                entity_id=hit.entity_id,
-                action=rule.action,
-                until=rfc3339(until_ms),
-                until_ms=until_ms,
-                rule_id=rule.id,
-                reason=explain(hit),
-                decided_at=rfc3339(now_ms),
-                shadow=rule.shadow,
-                retry_after_s=rule.retry_after_s,
-                rate_per_min=rule.rate_per_min,
-            )
+            decision = _decision(rule, hit.tenant_id, hit.scope, hit.entity_id, until_ms,
+                                 explain(hit), now_ms)  # fmt: skip
         out.append(Outcome(_alert(hit, decision, allowed, event_time_ms, now_ms), decision))
     return out
+
+
+Enforcing = ThresholdRule | GrowthRule | AbuseRule | BudgetRule
+
+
+def _decision(
+    rule: Enforcing,
+    tenant: str,
+    scope: Scope,
+    entity: str,
+    until_ms: int,
+    reason: str,
+    now_ms: int,
+) -> Decision:
+    """The decision a rule or budget takes for an entity until `until_ms`."""
+    return Decision(
+        tenant_id=tenant,
+        scope=scope,
+        entity_id=entity,
+        action=rule.action,
+        until=rfc3339(until_ms),
+        until_ms=until_ms,
+        rule_id=rule.id,
+        reason=reason,
+        decided_at=rfc3339(now_ms),
+        shadow=rule.shadow,
+        retry_after_s=rule.retry_after_s,
+        rate_per_min=rule.rate_per_min,
+    )
+
+
+def _consequence(rule: Enforcing, decision: Decision | None) -> str:
+    """What an alert's message adds about the decision taken, or that shadow mode withheld."""
+    if decision is None:
+        return ""
+    if rule.shadow:
+        return f" (shadow: would have applied {rule.action.value})"
+    return f"; {rule.action.value} until {decision.until}"
 
 
 MANUAL_RULE_ID = "manual"
@@ -128,25 +154,9 @@ def budget_outcome(
     )
     decision = None
     if enforce and not allowed:
-        decision = Decision(
-            tenant_id=hit.tenant_id,
-            scope=hit.scope,
-            entity_id=hit.entity_id,
-            action=budget.action,
-            until=rfc3339(period_end_ms),
-            until_ms=period_end_ms,
-            rule_id=budget.id,
-            reason=reason,
-            decided_at=rfc3339(now_ms),
-            shadow=budget.shadow,
-            retry_after_s=budget.retry_after_s,
-            rate_per_min=budget.rate_per_min,
-        )
-    message = reason
-    if decision is not None and budget.shadow:
-        message += f" (shadow: would have applied {budget.action.value})"
-    elif decision is not None:
-        message += f"; {budget.action.value} until {decision.until}"
+        decision = _decision(budget, hit.tenant_id, hit.scope, hit.entity_id, period_end_ms,
+                             reason, now_ms)  # fmt: skip
+    message = reason + _consequence(budget, decision)
     digest = hashlib.blake2b(
         f"{budget.id}|{hit.tenant_id}|{hit.scope}|{hit.entity_id}|{fraction}|{now_ms}".encode(),
         digest_size=8,
@@ -257,12 +267,8 @@ def _alert(
     digest = hashlib.blake2b(
         f"{rule.id}|{hit.tenant_id}|{hit.scope}|{hit.entity_id}|{now_ms}".encode(), digest_size=8
     ).hexdigest()
-    message = explain(hit)
-    if rule.shadow and decision is not None:
-        message += f" (shadow: would have applied {rule.action.value})"
-    elif decision is not None:
-        message += f"; {rule.action.value} until {decision.until}"
-    elif allowed and rule.action is not Action.alert:
+    message = explain(hit) + _consequence(rule, decision)
+    if decision is None and allowed and rule.action is not Action.alert:
         message += f" (allow-listed: {rule.action.value} not applied)"
     if isinstance(rule, AbuseRule):
         kind, metric, threshold = AlertKind.abuse, hit.figure, hit.limit
