@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
+from detector.anomaly.watch import AnomalyWatch
 from detector.config import Settings
 from detector.decisions.store import DecisionStore
 from detector.errors import BadEvent
@@ -135,21 +136,29 @@ async def run_backtest(
     redis = Redis.from_url(scratch_redis_url(settings.redis_url))
     await redis.flushdb()
     collected = Collected()
+    decisions = DecisionStore(redis)
+    anomaly = AnomalyWatch(redis, decisions)
     deps = Deps(
         settings=settings,
         rules=rules,
         prices=PriceTable.load(settings.prices_file),
         windows=WindowStore(redis, settings.dedup_horizon_s, settings.allowed_lateness_s),
-        decisions=DecisionStore(redis),
+        decisions=decisions,
         kafka=collected,
+        anomaly=anomaly,
     )
     applied = duplicates = late = 0
+    clock_ms = 0
     try:
         for clock_ms, chunk in slices(lines):
             result = await handle_batch([(None, line) for line in chunk], deps, clock_ms)
             applied += result.applied
             duplicates += result.duplicates
             late += result.late
+        # The last intervals close at the end of the recording, as they would have live.
+        found = await anomaly.flush(rules(), clock_ms)
+        await collected.send_alerts(found.alerts)
+        await collected.send_decisions(found.decisions)
     finally:
         await redis.flushdb()
         await redis.aclose()

@@ -78,3 +78,17 @@ def audit_key(tenant: str) -> str:
 
 
 AUDIT_MAX_ENTRIES = 1000
+
+
+def anomaly_model_key(tenant: str, scope: str, entity: str) -> str:
+    """Pickled anomaly model state of one entity; expires when the entity stays idle.
+
+    >>> anomaly_model_key("acme", "user", "u1")
+    'det:anom:{t:acme}:m:user:u1'
+    """
+    return f"det:anom:{_tag(tenant)}:m:{scope}:{entity}"
+
+
+def anomaly_index_key(tenant: str) -> str:
+    """Hash of the tenant's modelled entities ('scope:entity') -> last interval fed (epoch ms)."""
+    return f"det:anom:{_tag(tenant)}:idx"

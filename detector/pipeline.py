@@ -9,6 +9,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from detector.anomaly.watch import AnomalyWatch
 from detector.config import Settings
 from detector.decisions.policy import Outcome, budget_outcome, decide, unpriced_alert
 from detector.decisions.store import Change, DecisionStore
@@ -43,6 +44,7 @@ class Deps:
     windows: WindowStore
     decisions: DecisionStore
     kafka: Outputs  # the Kafka topics in the worker; a collector in a backtest
+    anomaly: AnomalyWatch | None = None  # online anomaly models (rules.yaml `anomaly:`)
 
 
 @dataclass
@@ -114,6 +116,11 @@ async def handle_batch(messages: Sequence[RawMessage], deps: Deps, now_ms: int) 
         changes = await deps.decisions.save(enforced, now_ms)
         result.decisions = [d for d, c in zip(enforced, changes, strict=True) if c is Change.new]
         result.alerts.extend(o.alert for o in (*alerting, *budget_outcomes))
+
+    if deps.anomaly is not None and applied.applied:
+        found = await deps.anomaly.observe_batch(applied.applied, rules, now_ms)
+        result.alerts += found.alerts
+        result.decisions += found.decisions
 
     if result.dead_letters:
         await deps.kafka.send_dead_letters(result.dead_letters)

@@ -143,6 +143,7 @@ class Alert(BaseModel):
     threshold: float | None = None
     expected: float | None = None
     band: tuple[float, float] | None = None
+    score: float | None = None  # anomaly score in [0, 1], for anomaly alerts
     contributors: list[dict[str, str | float]] = Field(default_factory=list)
     action: Action
     until: str | None = None

@@ -26,6 +26,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from detector import keys
+from detector.anomaly.watch import AnomalyWatch
 from detector.config import Settings
 from detector.decisions.store import DecisionStore
 from detector.errors import SinkError
@@ -145,13 +146,15 @@ class EventsConsumer:
             session_timeout_ms=6000,
             heartbeat_interval_ms=2000,
         )
+        decisions = DecisionStore(redis)
         deps = Deps(
             settings=settings,
             rules=self.rules,
             prices=self.prices,
             windows=WindowStore(redis, settings.dedup_horizon_s, settings.allowed_lateness_s),
-            decisions=DecisionStore(redis),
+            decisions=decisions,
             kafka=kafka,
+            anomaly=AnomalyWatch(redis, decisions),
         )
         await kafka.start()
         await consumer.start()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+from detector.anomaly.schema import AnomalyRule, OutlierRule
 from detector.rules.engine import BudgetHit, RuleHit
 from detector.rules.schema import AbuseRule, BudgetRule, GrowthRule, RuleSet, ThresholdRule
 from detector.schemas import Action, Alert, AlertKind, Decision, Scope, Severity, Strictness
@@ -43,7 +44,7 @@ def decide(rules: RuleSet, hits: list[RuleHit], event_time_ms: int, now_ms: int)
     return out
 
 
-Enforcing = ThresholdRule | GrowthRule | AbuseRule | BudgetRule
+Enforcing = ThresholdRule | GrowthRule | AbuseRule | BudgetRule | AnomalyRule | OutlierRule
 
 
 def _decision(

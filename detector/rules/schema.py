@@ -15,6 +15,7 @@ from pydantic import (
     model_validator,
 )
 
+from detector.anomaly.schema import AnomalyRule
 from detector.schemas import Action, Scope, Severity, UsageEvent
 from detector.windows.buckets import (
     BUCKET_SIZES,
@@ -360,12 +361,17 @@ class RuleSet(_Strict):
     rules: list[Rule] = Field(default_factory=list)
     budgets: list[BudgetRule] = Field(default_factory=list)
     allow_list: dict[Scope, list[str]] = Field(default_factory=dict)
+    anomaly: AnomalyRule | None = None  # online anomaly models; absent: none run
 
     @model_validator(mode="after")
     def _unique_ids(self) -> RuleSet:
         first: dict[str, str] = {}
         named = [(f"rules[{i}]", r.id) for i, r in enumerate(self.rules)]
         named += [(f"budgets[{i}]", b.id) for i, b in enumerate(self.budgets)]
+        if self.anomaly is not None:
+            named.append(("anomaly", self.anomaly.id))
+            if self.anomaly.outliers is not None:
+                named.append(("anomaly.outliers", self.anomaly.outliers.id))
         for place, rule_id in named:
             if rule_id in first:
                 raise ValueError(

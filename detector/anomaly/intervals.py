@@ -1,0 +1,184 @@
+"""Pure interval book-keeping: spend per entity per interval, with the sub-dimensions inside it.
+
+Events add their cost to the open interval of every entity they belong to; an interval is
+closed once event time (the newest event seen, less a grace for stragglers) has passed its end.
+Money is in integer micro-dollars, as in the windows.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from detector.schemas import Scope, UsageEvent
+
+# For a spike of one entity, the dimensions inside it worth naming.
+SUB_SCOPES: dict[Scope, tuple[Scope, ...]] = {
+    Scope.tenant: (Scope.user, Scope.feature, Scope.model, Scope.api_key),
+    Scope.user: (Scope.feature, Scope.model, Scope.api_key),
+    Scope.feature: (Scope.user, Scope.model, Scope.api_key),
+    Scope.model: (Scope.user, Scope.feature, Scope.api_key),
+    Scope.api_key: (Scope.user, Scope.feature, Scope.model),
+}
+
+EntityKey = tuple[str, Scope, str]  # tenant, scope, entity id
+SubKey = tuple[Scope, str]
+
+
+@dataclass(slots=True)
+class OpenInterval:
+    """Spend of one entity within one interval so far, and what it was spent on."""
+
+    cost_usd_micros: int = 0
+    requests: int = 0
+    parts: dict[SubKey, int] = field(default_factory=lambda: defaultdict(int))
+
+
+@dataclass(frozen=True, slots=True)
+class ClosedInterval:
+    entity: EntityKey
+    start_ms: int
+    cost_usd_micros: int
+    requests: int
+    parts: dict[SubKey, int]
+
+    @property
+    def cost_usd(self) -> float:
+        return self.cost_usd_micros / 1_000_000
+
+
+def interval_start_ms(ts_ms: int, interval_s: int) -> int:
+    """Start of the interval that holds ts_ms.
+
+    >>> interval_start_ms(125_000, 60)
+    120000
+    """
+    return ts_ms - ts_ms % (interval_s * 1000)
+
+
+class IntervalBook:
+    """Open intervals of every modelled entity, closed on event time."""
+
+    def __init__(self, scopes: Sequence[Scope], interval_s: int, grace_s: int) -> None:
+        self.scopes = tuple(scopes)
+        self.interval_ms = interval_s * 1000
+        self.grace_ms = grace_s * 1000
+        self.watermark_ms = 0  # newest event time seen
+        self.closed_before_ms = 0  # intervals starting before this are closed
+        self.late_events = 0  # events for an interval already closed (counted in windows only)
+        self._open: dict[int, dict[EntityKey, OpenInterval]] = {}
+
+    def add(self, event: UsageEvent, cost_usd_micros: int, clock_ms: int) -> bool:
+        """Count one event; False when its interval is already closed (too late for the model)."""
+        ts_ms = min(event.ts_ms, clock_ms)  # an event from the future must not close intervals
+        start = ts_ms - ts_ms % self.interval_ms
+        if start < self.closed_before_ms:
+            self.late_events += 1
+            return False
+        if ts_ms > self.watermark_ms:
+            self.watermark_ms = ts_ms
+        book = self._open.get(start)
+        if book is None:
+            book = self._open[start] = {}
+        tenant = event.tenant_id
+        for scope in self.scopes:
+            entity = event.entity(scope)
+            if entity is None:
+                continue
+            key = (tenant, scope, entity)
+            slot = book.get(key)
+            if slot is None:
+                slot = book[key] = OpenInterval()
+            slot.cost_usd_micros += cost_usd_micros
+            slot.requests += 1
+            for sub in SUB_SCOPES[scope]:
+                sub_id = event.entity(sub)
+                if sub_id is not None:
+                    slot.parts[(sub, sub_id)] += cost_usd_micros
+        return True
+
+    def close_due(self) -> list[ClosedInterval]:
+        """Every interval whose end event time has passed (less the grace), oldest first."""
+        due_before = self.watermark_ms - self.grace_ms
+        due_before -= due_before % self.interval_ms  # first interval still open
+        return self._close(lambda start: start < due_before, due_before)
+
+    def close_all(self) -> list[ClosedInterval]:
+        """Close everything still open (end of a replay)."""
+        newest = max(self._open, default=self.closed_before_ms - self.interval_ms)
+        return self._close(lambda start: True, newest + self.interval_ms)
+
+    def _close(self, due: Callable[[int], bool], before_ms: int) -> list[ClosedInterval]:
+        out: list[ClosedInterval] = []
+        for start in sorted(s for s in self._open if due(s)):
+            for key, slot in self._open.pop(start).items():
+                parts = dict(slot.parts)
+                out.append(ClosedInterval(key, start, slot.cost_usd_micros, slot.requests, parts))
+        self.closed_before_ms = max(self.closed_before_ms, before_ms)
+        return out
+
+    def open_entities(self) -> int:
+        return sum(len(book) for book in self._open.values())
+
+
+@dataclass(frozen=True, slots=True)
+class Contributor:
+    scope: Scope
+    entity_id: str
+    cost_usd: float
+    expected_usd: float | None  # its usual spend per interval, when it has a model
+    share: float  # of the interval's spend
+
+    @property
+    def impact_usd(self) -> float:
+        return self.cost_usd - (self.expected_usd or 0.0)
+
+    def as_dict(self) -> dict[str, str | float]:
+        out: dict[str, str | float] = {
+            "scope": self.scope.value,
+            "id": self.entity_id,
+            "cost_usd": round(self.cost_usd, 6),
+        }
+        if self.expected_usd is not None:
+            out["expected_usd"] = round(self.expected_usd, 6)
+        out["impact_usd"] = round(self.impact_usd, 6)
+        out["share"] = round(self.share, 4)
+        return out
+
+
+def rank_contributors(
+    parts: dict[SubKey, int],
+    total_usd_micros: int,
+    expected_usd: dict[SubKey, float],
+    top: int = 5,
+) -> list[Contributor]:
+    """Sub-dimensions ranked by dollars above their own usual interval (the impact).
+
+    >>> parts = {(Scope.user, "u1"): 9_000_000, (Scope.user, "u2"): 1_000_000}
+    >>> [(c.entity_id, c.impact_usd) for c in rank_contributors(parts, 10_000_000,
+    ...                                                          {(Scope.user, "u1"): 0.5})]
+    [('u1', 8.5), ('u2', 1.0)]
+    """
+    found = [
+        Contributor(
+            scope,
+            entity,
+            micros / 1_000_000,
+            expected_usd.get((scope, entity)),
+            micros / total_usd_micros if total_usd_micros else 0.0,
+        )
+        for (scope, entity), micros in parts.items()
+    ]
+    found.sort(key=lambda c: (-c.impact_usd, c.scope.value, c.entity_id))
+    return found[:top]
+
+
+def group_by_entity(closed: Iterable[ClosedInterval]) -> dict[EntityKey, list[ClosedInterval]]:
+    """Closed intervals per entity, oldest first (the order a model must see them in)."""
+    out: dict[EntityKey, list[ClosedInterval]] = defaultdict(list)
+    for item in closed:
+        out[item.entity].append(item)
+    for items in out.values():
+        items.sort(key=lambda c: c.start_ms)
+    return dict(out)

@@ -1,0 +1,339 @@
+"""The live anomaly stage: fed each batch's newly counted events, in the worker and in a replay.
+
+Per event it only adds the cost to open intervals and judges the call against its entity's
+usual calls (cheap, in memory). When event time passes an interval's end, that interval is
+scored for every entity that spent in it: the model judges it first and learns it only when it
+looked normal; states are then written to Redis in one round trip. Anomalies become alerts
+(with the cooldown kept in Redis, as for rules) and, when the section says so, decisions
+stored through the same decision store as rules.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from redis.asyncio import Redis
+
+from detector.anomaly.detectors import make_univariate
+from detector.anomaly.explain import IntervalHit, interval_outcome, outlier_outcome
+from detector.anomaly.intervals import (
+    ClosedInterval,
+    EntityKey,
+    IntervalBook,
+    SubKey,
+    group_by_entity,
+    rank_contributors,
+)
+from detector.anomaly.outliers import OutlierHit, OutlierWatch
+from detector.anomaly.schema import AnomalyRule, OutlierRule
+from detector.anomaly.state import EntityState, ModelStore
+from detector.decisions.policy import Outcome
+from detector.decisions.store import Change, DecisionStore
+from detector.rules.schema import RuleSet
+from detector.schemas import Alert, Decision, Scope
+from detector.windows.counters import PricedEvent
+
+log = logging.getLogger(__name__)
+
+MAX_IN_MEMORY_MODELS = 100_000  # per worker; the least recently used are dropped (Redis keeps them)
+
+
+@dataclass
+class Findings:
+    alerts: list[Alert] = field(default_factory=list)
+    decisions: list[Decision] = field(default_factory=list)  # new decisions, to publish
+
+
+@dataclass
+class WatchStats:
+    intervals_scored: int = 0
+    anomalous: int = 0
+    outliers: int = 0
+    over_cap: int = 0  # entities refused a model because their tenant was at max_models
+    state_bytes_written: int = 0
+
+
+def signature(rule: AnomalyRule) -> str:
+    """The settings a model depends on; a model built under other settings is not reused."""
+    return f"{rule.detector}|{rule.sensitivity}|{rule.interval_s}|{rule.warmup}"
+
+
+class AnomalyWatch:
+    """Anomaly models of the entities this process sees, with their state in Redis."""
+
+    def __init__(
+        self, redis: Redis, decisions: DecisionStore, max_in_memory: int = MAX_IN_MEMORY_MODELS
+    ) -> None:
+        self._store = ModelStore(redis)
+        self._decisions = decisions
+        self._max_in_memory = max_in_memory
+        self._rule: AnomalyRule | None = None
+        self._book: IntervalBook | None = None
+        self._outliers: OutlierWatch | None = None
+        self._states: OrderedDict[EntityKey, EntityState] = OrderedDict()
+        self._first_start_ms: int | None = None  # first interval this process saw (partial)
+        self.stats = WatchStats()
+
+    async def observe_batch(
+        self, items: Sequence[PricedEvent], rules: RuleSet, now_ms: int
+    ) -> Findings:
+        """Take in a batch of newly counted events; score every interval that closed."""
+        rule = self._configure(rules)
+        if rule is None or self._book is None:
+            return Findings()
+        book, outliers = self._book, self._outliers
+        outlier_rule = rule.outliers
+        outcomes: list[Outcome] = []
+        for it in items:
+            cost_micros = it.costs.total_usd_micros
+            if self._first_start_ms is None:
+                ts_ms = min(it.event.ts_ms, now_ms)
+                self._first_start_ms = ts_ms - ts_ms % book.interval_ms
+            book.add(it.event, cost_micros, now_ms)
+            if outliers is None or outlier_rule is None:
+                continue
+            event = it.event
+            for scope in outlier_rule.scopes:
+                entity = event.entity(scope)
+                if entity is None:
+                    continue
+                hit = outliers.observe((event.tenant_id, scope, entity), cost_micros / 1e6)
+                if hit is not None:
+                    self.stats.outliers += 1
+                    outcomes.append(self._outlier(rules, outlier_rule, hit, it, now_ms))
+        closed = book.close_due()
+        if closed:
+            outcomes += await self._score(rules, rule, closed, now_ms)
+        return await self._act(rules, rule, outcomes, now_ms)
+
+    async def flush(self, rules: RuleSet, now_ms: int) -> Findings:
+        """Close and score every open interval (the end of a replay)."""
+        rule = self._configure(rules)
+        if rule is None or self._book is None:
+            return Findings()
+        closed = self._book.close_all()
+        outcomes = await self._score(rules, rule, closed, now_ms) if closed else []
+        return await self._act(rules, rule, outcomes, now_ms)
+
+    def state_of(self, key: EntityKey) -> EntityState | None:
+        """The in-memory state of one entity, if held (for tests and benches)."""
+        return self._states.get(key)
+
+    def _configure(self, rules: RuleSet) -> AnomalyRule | None:
+        rule = rules.anomaly
+        if rule is None or not rule.enabled:
+            self._rule = None
+            return None
+        if self._rule is None or _book_changed(self._rule, rule) or self._book is None:
+            old = self._book
+            self._book = IntervalBook(rule.scopes, rule.interval_s, rule.grace_s)
+            if old is not None:
+                self._book.watermark_ms = old.watermark_ms
+                self._book.closed_before_ms = old.closed_before_ms
+        o = rule.outliers
+        if o is None or not o.enabled:
+            self._outliers = None
+        elif (
+            self._outliers is None
+            or self._rule is None
+            or self._rule.outliers is None
+            or _outliers_changed(self._rule.outliers, o)
+        ):
+            self._outliers = OutlierWatch(o.factor, o.min_cost_usd, o.warmup, o.max_entities)
+        self._rule = rule
+        return rule
+
+    def _outlier(
+        self, rules: RuleSet, rule: OutlierRule, hit: OutlierHit, it: PricedEvent, now_ms: int
+    ) -> Outcome:
+        ev = it.event
+        details: dict[str, str | float] = {"model": ev.model}
+        for name, value in (
+            ("user", ev.user_id),
+            ("feature", ev.feature),
+            ("api_key", ev.api_key_id),
+            ("session", ev.session_id),
+        ):
+            if value is not None and name != hit.entity[1].value:
+                details[name] = value
+        details["input_tokens"] = float(ev.input_tokens)
+        details["output_tokens"] = float(ev.output_tokens + ev.reasoning_tokens)
+        return outlier_outcome(rules, rule, hit, ev.ts_ms, details, now_ms)
+
+    async def _score(
+        self, rules: RuleSet, rule: AnomalyRule, closed: list[ClosedInterval], now_ms: int
+    ) -> list[Outcome]:
+        groups = group_by_entity(closed)
+        await self._ready_states(rule, list(groups), now_ms)
+        sig = signature(rule)
+        hits: list[IntervalHit] = []
+        changed: dict[EntityKey, EntityState] = {}
+        for key, intervals in groups.items():
+            state = self._states.get(key)
+            if state is None:
+                continue  # over its tenant's cap
+            for iv in intervals:
+                if iv.start_ms <= state.last_start_ms:
+                    continue  # this model already saw it (another worker, before a move)
+                partial = self._first_start_ms is not None and iv.start_ms <= self._first_start_ms
+                hit = _judge(rule, state, iv, partial)
+                if hit is not None:
+                    hits.append(hit)
+                state.last_start_ms = iv.start_ms
+                state.unsaved += 1
+            state.signature = sig
+            if state.unsaved >= rule.persist_every or state.intervals <= 1:
+                changed[key] = state
+        self.stats.intervals_scored += len(closed)
+        self.stats.anomalous += len(hits)
+        self.stats.state_bytes_written += await self._store.save(changed, rule.idle_expiry_s)
+        out = []
+        for hit in _fold_into_tenants(hits):
+            named = [(s, e) for s, e in hit.interval.parts]
+            usual = self._usual(hit.interval.entity[0], named)
+            contributors = rank_contributors(
+                hit.interval.parts, hit.interval.cost_usd_micros, usual
+            )
+            full = IntervalHit(hit.interval, hit.verdict, contributors)
+            out.append(interval_outcome(rules, rule, full, now_ms))
+        return out
+
+    def _usual(self, tenant: str, subs: list[SubKey]) -> dict[SubKey, float]:
+        usual = {}
+        for scope, entity in subs:
+            state = self._states.get((tenant, scope, entity))
+            if state is not None:
+                usual[(scope, entity)] = state.mean_usd
+        return usual
+
+    async def _ready_states(self, rule: AnomalyRule, wanted: list[EntityKey], now_ms: int) -> None:
+        """Make sure every wanted entity has an up-to-date state in memory, within the caps."""
+        marks = await self._store.marks(wanted)
+        sig = signature(rule)
+        reload = [
+            key
+            for key in wanted
+            if marks[key] is not None
+            and (
+                (held := self._states.get(key)) is None
+                or held.last_start_ms < (marks[key] or 0)
+                or held.signature != sig
+            )
+        ]
+        loaded = await self._store.load(reload)
+        for key, state in loaded.items():
+            if state.signature == sig:
+                self._keep(key, state)
+            else:
+                self._states.pop(key, None)
+        fresh = [k for k in wanted if k not in self._states or self._states[k].signature != sig]
+        if not fresh:
+            for key in wanted:
+                self._states.move_to_end(key)
+            return
+        tenants = {t for t, _, _ in fresh}
+        sizes = await self._store.sizes(tenants)
+        for tenant in tenants:
+            if sizes[tenant] >= rule.max_models:
+                stale_before = now_ms - rule.idle_expiry_s * 1000
+                sizes[tenant] -= await self._store.prune(tenant, stale_before)
+        for key in fresh:
+            tenant, scope, _ = key
+            known = marks[key] is not None
+            if not known and scope is not Scope.tenant and sizes[tenant] >= rule.max_models:
+                self.stats.over_cap += 1
+                continue
+            if not known:
+                sizes[tenant] += 1
+            detector = make_univariate(
+                rule.detector,
+                sensitivity=rule.sensitivity,
+                interval_s=rule.interval_s,
+                warmup=rule.warmup,
+            )
+            self._keep(key, EntityState(sig, detector))
+        for key in wanted:
+            if key in self._states:
+                self._states.move_to_end(key)
+
+    def _keep(self, key: EntityKey, state: EntityState) -> None:
+        self._states[key] = state
+        self._states.move_to_end(key)
+        while len(self._states) > self._max_in_memory:
+            self._states.popitem(last=False)
+
+    async def _act(
+        self, rules: RuleSet, rule: AnomalyRule, outcomes: list[Outcome], now_ms: int
+    ) -> Findings:
+        """Alerts past their cooldown; decisions stored (a re-trigger extends them)."""
+        found = Findings()
+        if not outcomes:
+            return found
+        for o in outcomes:
+            a = o.alert
+            cooldown_s = rule.cooldown_s
+            if rule.outliers is not None and a.rule_id == rule.outliers.id:
+                cooldown_s = rule.outliers.cooldown_s
+            if await self._decisions.claim_alert(
+                a.tenant_id, a.rule_id, a.scope, a.entity_id, cooldown_s, now_ms
+            ):
+                found.alerts.append(a)
+        enforced = [o.decision for o in outcomes if o.decision and not o.decision.shadow]
+        changes = await self._decisions.save(enforced, now_ms)
+        found.decisions = [d for d, c in zip(enforced, changes, strict=True) if c is Change.new]
+        return found
+
+
+def _judge(
+    rule: AnomalyRule, state: EntityState, iv: ClosedInterval, partial: bool
+) -> IntervalHit | None:
+    """Score one closed interval, learn it unless it looked anomalous; the hit if it pages."""
+    ts_s = iv.start_ms / 1000
+    x = iv.cost_usd
+    verdict = state.detector.score_one(ts_s, x)
+    anomalous = verdict.warm and x > verdict.high
+    if partial:
+        # The first interval after a start holds only the events since then: neither learn
+        # from it nor page on it.
+        return None
+    state.anomalous_run = state.anomalous_run + 1 if anomalous else 0
+    if not anomalous or state.anomalous_run > rule.relearn_after:
+        state.detector.learn_one(ts_s, x)
+        state.learned(x)
+        state.intervals += 1
+    if anomalous and x >= rule.min_spend_usd:
+        return IntervalHit(iv, verdict, [])
+    return None
+
+
+def _fold_into_tenants(hits: list[IntervalHit]) -> list[IntervalHit]:
+    """One alert per tenant and interval: when the tenant itself is anomalous, its users,
+    features, models and keys of the same interval are named as its contributors instead."""
+    tenants = {
+        (h.interval.entity[0], h.interval.start_ms)
+        for h in hits
+        if h.interval.entity[1] is Scope.tenant
+    }
+    return [
+        h
+        for h in hits
+        if h.interval.entity[1] is Scope.tenant
+        or (h.interval.entity[0], h.interval.start_ms) not in tenants
+    ]
+
+
+def _book_changed(old: AnomalyRule, new: AnomalyRule) -> bool:
+    return (old.scopes, old.interval_s, old.grace_s) != (new.scopes, new.interval_s, new.grace_s)
+
+
+def _outliers_changed(old: OutlierRule, new: OutlierRule) -> bool:
+    return (old.factor, old.min_cost_usd, old.warmup, old.max_entities, old.scopes) != (
+        new.factor,
+        new.min_cost_usd,
+        new.warmup,
+        new.max_entities,
+        new.scopes,
+    )
