@@ -13,16 +13,17 @@ from __future__ import annotations
 
 import pickle
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 
 from detector import keys
 from detector.anomaly.detectors import UnivariateDetector
-from detector.anomaly.intervals import EntityKey
+from detector.anomaly.intervals import EntityKey, SubKey
 from detector.schemas import Scope
 
 MEAN_ALPHA = 0.05  # the usual interval spend, for naming contributors, follows ~20 intervals
+MAX_USUAL_PARTS = 24  # sub-dimensions whose usual spend an entity remembers (the biggest)
 
 
 @dataclass(slots=True)
@@ -36,10 +37,22 @@ class EntityState:
     anomalous_run: int = 0  # anomalous intervals in a row
     mean_usd: float = 0.0  # usual spend per active interval
     unsaved: int = 0  # intervals seen since the state was last written to Redis
+    # Usual spend per interval of the biggest sub-dimensions (user, feature, model, key), so an
+    # alert can say which of them spent more than they usually do.
+    usual_parts: dict[SubKey, float] = field(default_factory=dict)
 
-    def learned(self, cost_usd: float) -> None:
+    def learned(self, cost_usd: float, parts: Mapping[SubKey, int]) -> None:
+        """Fold a normal interval into the usual figures (exponentially weighted means)."""
         alpha = max(1.0 / (self.intervals + 1), MEAN_ALPHA)
         self.mean_usd += alpha * (cost_usd - self.mean_usd)
+        usual = self.usual_parts
+        for key in usual:
+            usual[key] *= 1 - alpha
+        for key, micros in parts.items():
+            usual[key] = usual.get(key, 0.0) + alpha * micros / 1_000_000
+        if len(usual) > MAX_USUAL_PARTS:
+            keep = sorted(usual.items(), key=lambda kv: -kv[1])[:MAX_USUAL_PARTS]
+            self.usual_parts = dict(keep)
 
 
 def field_name(scope: Scope, entity: str) -> str:

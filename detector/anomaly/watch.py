@@ -23,7 +23,6 @@ from detector.anomaly.intervals import (
     ClosedInterval,
     EntityKey,
     IntervalBook,
-    SubKey,
     group_by_entity,
     rank_contributors,
 )
@@ -192,22 +191,14 @@ class AnomalyWatch:
         self.stats.state_bytes_written += await self._store.save(changed, rule.idle_expiry_s)
         out = []
         for hit in _fold_into_tenants(hits):
-            named = [(s, e) for s, e in hit.interval.parts]
-            usual = self._usual(hit.interval.entity[0], named)
+            state = self._states.get(hit.interval.entity)
+            usual = {k: state.usual_parts.get(k, 0.0) for k in hit.interval.parts} if state else {}
             contributors = rank_contributors(
                 hit.interval.parts, hit.interval.cost_usd_micros, usual
             )
             full = IntervalHit(hit.interval, hit.verdict, contributors)
             out.append(interval_outcome(rules, rule, full, now_ms))
         return out
-
-    def _usual(self, tenant: str, subs: list[SubKey]) -> dict[SubKey, float]:
-        usual = {}
-        for scope, entity in subs:
-            state = self._states.get((tenant, scope, entity))
-            if state is not None:
-                usual[(scope, entity)] = state.mean_usd
-        return usual
 
     async def _ready_states(self, rule: AnomalyRule, wanted: list[EntityKey], now_ms: int) -> None:
         """Make sure every wanted entity has an up-to-date state in memory, within the caps."""
@@ -302,7 +293,7 @@ def _judge(
     state.anomalous_run = state.anomalous_run + 1 if anomalous else 0
     if not anomalous or state.anomalous_run > rule.relearn_after:
         state.detector.learn_one(ts_s, x)
-        state.learned(x)
+        state.learned(x, iv.parts)
         state.intervals += 1
     if anomalous and x >= rule.min_spend_usd:
         return IntervalHit(iv, verdict, [])
