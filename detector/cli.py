@@ -203,6 +203,10 @@ def rules_validate(
 
     rules = load_rules(file)
     typer.echo(f"{file}: {len(rules.rules)} rules, {len(rules.budgets)} budgets, OK")
+    if rules.anomaly is not None:
+        from detector.anomaly.explain import describe
+
+        typer.echo(describe(rules.anomaly))
 
 
 @rules_app.command("backtest")

@@ -138,3 +138,31 @@ def _allow_note(rules: RuleSet, rule: AnomalyRule | OutlierRule, scope: Scope, e
 def _digest(rule_id: str, tenant: str, scope: Scope, entity: str, at_ms: int, now_ms: int) -> str:
     text = f"{rule_id}|{tenant}|{scope.value}|{entity}|{at_ms}|{now_ms}"
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+def describe(rule: AnomalyRule) -> str:
+    """One line saying what the anomaly section runs.
+
+    >>> for part in describe(AnomalyRule(scopes=["tenant"], outliers=None)).split(", "):
+    ...     print(part)
+    anomaly spend-anomaly: tenant every 1m
+    detector default at sensitivity 0.5
+    pages from $1 per interval
+    alert
+    """
+    scopes = ", ".join(s.value for s in rule.scopes)
+    line = (
+        f"anomaly {rule.id}: {scopes} every {rule.window}, detector {rule.detector} at "
+        f"sensitivity {rule.sensitivity:g}, pages from ${_number(rule.min_spend_usd)} per "
+        f"interval, {rule.action.value}" + (" (shadow)" if rule.shadow else "")
+    )
+    if not rule.enabled:
+        line += " (disabled)"
+    o = rule.outliers
+    if o is not None and o.enabled:
+        line += (
+            f"; outliers {o.id}: calls over {o.factor:g}x usual on "
+            f"{', '.join(s.value for s in o.scopes)}, from ${_number(o.min_cost_usd)}, "
+            f"{o.action.value}" + (" (shadow)" if o.shadow else "")
+        )
+    return line

@@ -132,13 +132,15 @@ class AnomalyRule(_Acting):
             raise ValueError(f"must be default or one of {', '.join(UNIVARIATE)}")
         return value
 
+    @field_validator("interval_s")
+    @classmethod
+    def _whole_day(cls, value: int) -> int:
+        if 86400 % value or value < 10:
+            raise ValueError("must divide a day into whole intervals of at least 10s")
+        return value
+
     @model_validator(mode="after")
     def _fits(self) -> AnomalyRule:
-        if 86400 % self.interval_s or self.interval_s < 10:
-            raise ValueError(
-                f"interval: must divide a day into whole intervals of at least 10s, "
-                f"got {self.interval_s}s"
-            )
         if self.grace_s >= self.interval_s:
             raise ValueError(
                 f"grace: must be shorter than the interval ({self.interval_s}s), "

@@ -66,3 +66,13 @@ def test_spend_reads_a_window_as_json(settings_factory: Callable[..., Settings])
     done = run(["spend", "--tenant", "acme", "--window", "2h"], env=env)
     assert done.returncode == 1
     assert "--window must be one of" in done.stderr
+
+
+def test_worker_refuses_a_bad_anomaly_section(tmp_path: Path) -> None:
+    bad = tmp_path / "rules.yaml"
+    bad.write_text("anomaly:\n  scopes: [tenant]\n  sensitivity: 2\n")
+    done = run(["worker"], env={"DETECTOR_RULES": str(bad), "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 1
+    assert done.stderr.strip() == (
+        "error: rules.yaml: anomaly.sensitivity: Input should be less than or equal to 1, got 2"
+    )
