@@ -73,7 +73,6 @@ class AnomalyWatch:
         self._book: IntervalBook | None = None
         self._outliers: OutlierWatch | None = None
         self._states: OrderedDict[EntityKey, EntityState] = OrderedDict()
-        self._first_start_ms: int | None = None  # first interval this process saw (partial)
         self.stats = WatchStats()
 
     async def observe_batch(
@@ -88,9 +87,6 @@ class AnomalyWatch:
         outcomes: list[Outcome] = []
         for it in items:
             cost_micros = it.costs.total_usd_micros
-            if self._first_start_ms is None:
-                ts_ms = min(it.event.ts_ms, now_ms)
-                self._first_start_ms = ts_ms - ts_ms % book.interval_ms
             book.add(it.event, cost_micros, now_ms)
             if outliers is None or outlier_rule is None:
                 continue
@@ -177,8 +173,7 @@ class AnomalyWatch:
             for iv in intervals:
                 if iv.start_ms <= state.last_start_ms:
                     continue  # this model already saw it (another worker, before a move)
-                partial = self._first_start_ms is not None and iv.start_ms <= self._first_start_ms
-                hit = _judge(rule, state, iv, partial)
+                hit = _judge(rule, state, iv)
                 if hit is not None:
                     hits.append(hit)
                 state.last_start_ms = iv.start_ms
@@ -278,18 +273,12 @@ class AnomalyWatch:
         return found
 
 
-def _judge(
-    rule: AnomalyRule, state: EntityState, iv: ClosedInterval, partial: bool
-) -> IntervalHit | None:
+def _judge(rule: AnomalyRule, state: EntityState, iv: ClosedInterval) -> IntervalHit | None:
     """Score one closed interval, learn it unless it looked anomalous; the hit if it pages."""
     ts_s = iv.start_ms / 1000
     x = iv.cost_usd
     verdict = state.detector.score_one(ts_s, x)
     anomalous = verdict.warm and x > verdict.high
-    if partial:
-        # The first interval after a start holds only the events since then: neither learn
-        # from it nor page on it.
-        return None
     state.anomalous_run = state.anomalous_run + 1 if anomalous else 0
     if not anomalous or state.anomalous_run > rule.relearn_after:
         state.detector.learn_one(ts_s, x)
