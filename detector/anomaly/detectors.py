@@ -9,6 +9,7 @@ tends to 1 far outside it, so `score >= 0.5` and "outside the band" say the same
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -69,7 +70,7 @@ def score_from_z(z: float, k: float) -> float:
     """
     if z <= 0.0:
         return 0.0
-    r = (z / k) ** 4
+    r = (z / k) ** 2
     return r / (1.0 + r) if math.isfinite(r) else 1.0
 
 
@@ -131,6 +132,7 @@ class SeasonalDetector:
         self.warmup = warmup if warmup is not None else self.season + 30
         self.n = 0
         self.last = 0.0
+        self.first: list[float] = []
 
     def _forecast(self) -> float:
         if not self.model._initialized:
@@ -154,21 +156,26 @@ class SeasonalDetector:
     def learn_one(self, ts: float, x: float) -> None:
         if self.n > 0:
             self.abs_resid.update(abs(x - self._forecast()))
-        was_ready = self.model._initialized
-        self.model.learn_one(x)
-        if self.model._initialized and not was_ready:
-            self._fix_additive_start()
+        if self.model._initialized:
+            self.model.learn_one(x)
+        else:
+            self._start(x)
         self.abs_level.update(abs(x))
         self.last = x
         self.n += 1
 
-    def _fix_additive_start(self) -> None:
-        # river seeds additive seasons with y / level (the multiplicative form); an additive
-        # season needs y - level, else the first seasons forecast nonsense until gamma catches up.
-        level = self.model.level[-1]
-        start = list(self.model._first_values)
-        self.model.season.clear()
-        self.model.season.extend(y - level for y in start)
+    def _start(self, x: float) -> None:
+        # river would seed an additive season with y / level (the multiplicative form, and a
+        # division by zero on a zero level); we seed level, trend and season ourselves instead.
+        self.first.append(x)
+        if len(self.first) < self.season:
+            return
+        level = statistics.fmean(self.first)
+        self.model.level.append(level)
+        self.model.trend.append(0.0)
+        self.model.season.extend(y - level for y in self.first)
+        self.model._initialized = True
+        self.first = []
 
 
 class HSTDetector:
