@@ -80,13 +80,13 @@ def audit_key(tenant: str) -> str:
 AUDIT_MAX_ENTRIES = 1000
 
 
-def anomaly_model_key(tenant: str, scope: str, entity: str) -> str:
-    """Pickled anomaly model state of one entity; expires when the entity stays idle.
+def anomaly_models_key(tenant: str) -> str:
+    """Hash of the tenant's pickled anomaly model states, one field per 'scope:entity'.
 
-    >>> anomaly_model_key("acme", "user", "u1")
-    'det:anom:{t:acme}:m:user:u1'
+    >>> anomaly_models_key("acme")
+    'det:anom:{t:acme}:models'
     """
-    return f"det:anom:{_tag(tenant)}:m:{scope}:{entity}"
+    return f"det:anom:{_tag(tenant)}:models"
 
 
 def anomaly_index_key(tenant: str) -> str:

@@ -13,14 +13,19 @@ from dataclasses import dataclass, field
 
 from detector.schemas import Scope, UsageEvent
 
-# For a spike of one entity, the dimensions inside it worth naming.
+# For a spike of one entity, the dimensions inside it worth naming. The tenant, whose spikes
+# most need explaining, keeps all four; the others keep the one that says most, since this
+# book-keeping runs for every event.
 SUB_SCOPES: dict[Scope, tuple[Scope, ...]] = {
     Scope.tenant: (Scope.user, Scope.feature, Scope.model, Scope.api_key),
-    Scope.user: (Scope.feature, Scope.model, Scope.api_key),
-    Scope.feature: (Scope.user, Scope.model, Scope.api_key),
-    Scope.model: (Scope.user, Scope.feature, Scope.api_key),
-    Scope.api_key: (Scope.user, Scope.feature, Scope.model),
+    Scope.user: (Scope.model,),
+    Scope.feature: (Scope.user,),
+    Scope.model: (Scope.user,),
+    Scope.api_key: (Scope.user,),
 }
+
+# Where each scope's id sits in the tuple IntervalBook.add builds from an event.
+_ID_AT = {Scope.tenant: 0, Scope.user: 1, Scope.feature: 2, Scope.model: 3, Scope.api_key: 4}
 
 EntityKey = tuple[str, Scope, str]  # tenant, scope, entity id
 SubKey = tuple[Scope, str]
@@ -32,7 +37,7 @@ class OpenInterval:
 
     cost_usd_micros: int = 0
     requests: int = 0
-    parts: dict[SubKey, int] = field(default_factory=lambda: defaultdict(int))
+    parts: dict[SubKey, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +73,11 @@ class IntervalBook:
         self.closed_before_ms = 0  # intervals starting before this are closed
         self.late_events = 0  # events for an interval already closed (counted in windows only)
         self._open: dict[int, dict[EntityKey, OpenInterval]] = {}
+        # Per scope: where its id sits in an event's id tuple, and where its sub-dimensions do.
+        self._plan = tuple(
+            (scope, _ID_AT[scope], tuple((sub, _ID_AT[sub]) for sub in SUB_SCOPES[scope]))
+            for scope in self.scopes
+        )
 
     def add(self, event: UsageEvent, cost_usd_micros: int, clock_ms: int) -> bool:
         """Count one event; False when its interval is already closed (too late for the model)."""
@@ -82,8 +92,9 @@ class IntervalBook:
         if book is None:
             book = self._open[start] = {}
         tenant = event.tenant_id
-        for scope in self.scopes:
-            entity = event.entity(scope)
+        ids = (tenant, event.user_id, event.feature, event.model, event.api_key_id)
+        for scope, at, subs in self._plan:
+            entity = ids[at]
             if entity is None:
                 continue
             key = (tenant, scope, entity)
@@ -92,10 +103,12 @@ class IntervalBook:
                 slot = book[key] = OpenInterval()
             slot.cost_usd_micros += cost_usd_micros
             slot.requests += 1
-            for sub in SUB_SCOPES[scope]:
-                sub_id = event.entity(sub)
+            parts = slot.parts
+            for sub, sub_at in subs:
+                sub_id = ids[sub_at]
                 if sub_id is not None:
-                    slot.parts[(sub, sub_id)] += cost_usd_micros
+                    part = (sub, sub_id)
+                    parts[part] = parts.get(part, 0) + cost_usd_micros
         return True
 
     def close_due(self) -> list[ClosedInterval]:
@@ -113,8 +126,9 @@ class IntervalBook:
         out: list[ClosedInterval] = []
         for start in sorted(s for s in self._open if due(s)):
             for key, slot in self._open.pop(start).items():
-                parts = dict(slot.parts)
-                out.append(ClosedInterval(key, start, slot.cost_usd_micros, slot.requests, parts))
+                out.append(
+                    ClosedInterval(key, start, slot.cost_usd_micros, slot.requests, slot.parts)
+                )
         self.closed_before_ms = max(self.closed_before_ms, before_ms)
         return out
 

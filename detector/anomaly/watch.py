@@ -162,7 +162,7 @@ class AnomalyWatch:
         self, rules: RuleSet, rule: AnomalyRule, closed: list[ClosedInterval], now_ms: int
     ) -> list[Outcome]:
         groups = group_by_entity(closed)
-        await self._ready_states(rule, list(groups), now_ms)
+        await self._ready_states(rule, groups, now_ms)
         sig = signature(rule)
         hits: list[IntervalHit] = []
         changed: dict[EntityKey, EntityState] = {}
@@ -179,7 +179,7 @@ class AnomalyWatch:
                 state.last_start_ms = iv.start_ms
                 state.unsaved += 1
             state.signature = sig
-            if state.unsaved >= rule.persist_every or state.intervals <= 1:
+            if state.unsaved >= rule.persist_every:
                 changed[key] = state
         self.stats.intervals_scored += len(closed)
         self.stats.anomalous += len(hits)
@@ -187,7 +187,7 @@ class AnomalyWatch:
         out = []
         for hit in _fold_into_tenants(hits):
             state = self._states.get(hit.interval.entity)
-            usual = {k: state.usual_parts.get(k, 0.0) for k in hit.interval.parts} if state else {}
+            usual = {k: state.usual_usd(k) for k in hit.interval.parts} if state else {}
             contributors = rank_contributors(
                 hit.interval.parts, hit.interval.cost_usd_micros, usual
             )
@@ -195,13 +195,28 @@ class AnomalyWatch:
             out.append(interval_outcome(rules, rule, full, now_ms))
         return out
 
-    async def _ready_states(self, rule: AnomalyRule, wanted: list[EntityKey], now_ms: int) -> None:
-        """Make sure every wanted entity has an up-to-date state in memory, within the caps."""
-        marks = await self._store.marks(wanted)
+    async def _ready_states(
+        self, rule: AnomalyRule, groups: dict[EntityKey, list[ClosedInterval]], now_ms: int
+    ) -> None:
+        """Make sure every wanted entity has an up-to-date state in memory, within the caps.
+
+        A state held in memory that saw the interval just before is current: this worker owned
+        the entity's partition throughout. Any other is checked against Redis's index.
+        """
         sig = signature(rule)
+        wanted = list(groups)
+        interval_ms = rule.interval_s * 1000
+        unsure = [
+            key
+            for key, intervals in groups.items()
+            if (held := self._states.get(key)) is None
+            or held.signature != sig
+            or held.last_start_ms < intervals[0].start_ms - interval_ms
+        ]
+        marks = await self._store.marks(unsure)
         reload = [
             key
-            for key in wanted
+            for key in unsure
             if marks[key] is not None
             and (
                 (held := self._states.get(key)) is None
@@ -215,7 +230,7 @@ class AnomalyWatch:
                 self._keep(key, state)
             else:
                 self._states.pop(key, None)
-        fresh = [k for k in wanted if k not in self._states or self._states[k].signature != sig]
+        fresh = [k for k in unsure if k not in self._states or self._states[k].signature != sig]
         if not fresh:
             for key in wanted:
                 self._states.move_to_end(key)
