@@ -93,7 +93,11 @@ class AnomalyRule(_Acting):
     detector: str = "default"
     sensitivity: float = Field(default=0.5, ge=0, le=1)
     warmup: int | None = Field(default=None, ge=1)  # intervals; None: the detector's default
-    min_spend_usd: float = Field(default=1.0, ge=0)  # an interval below this never pages
+    min_spend_usd: float = Field(default=0.5, ge=0)  # an interval below this never pages
+    # An interval is anomalous only if it is also this many times the entity's recent normal
+    # level (the last few intervals it learned): a daily ramp that climbs step by step is
+    # learned as it goes, while a jump (a loop, a leaked key, a dearer model) stands out.
+    jump_factor: float = Field(default=2.0, ge=1)
     # After this many anomalous intervals in a row the new level is learned as normal: by then
     # it has been alerted on (and acted on) and is either fixed or deliberate.
     relearn_after: int = Field(default=60, ge=1)

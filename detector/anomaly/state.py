@@ -28,6 +28,7 @@ from detector.anomaly.intervals import EntityKey, SubKey
 from detector.schemas import Scope
 
 MEAN_ALPHA = 0.05  # the usual interval spend, for naming contributors, follows ~20 intervals
+RECENT_ALPHA = 0.3  # the recent level follows the last 3-5 normal intervals
 MAX_USUAL_PARTS = 24  # sub-dimensions whose usual spend an entity remembers (the biggest)
 
 
@@ -41,6 +42,7 @@ class EntityState:
     intervals: int = 0  # intervals learned
     anomalous_run: int = 0  # anomalous intervals in a row
     mean_usd: float = 0.0  # usual spend per active interval
+    recent_usd: float = 0.0  # spend of the last few normal intervals (fast mean)
     unsaved: int = 0  # intervals seen since the state was last written to Redis
     # Usual spend per interval of the biggest sub-dimensions (user, feature, model, key), so an
     # alert can say which of them spent more than they usually do. Stored divided by `fade`, so
@@ -52,6 +54,8 @@ class EntityState:
         """Fold a normal interval into the usual figures (exponentially weighted means)."""
         alpha = max(1.0 / (self.intervals + 1), MEAN_ALPHA)
         self.mean_usd += alpha * (cost_usd - self.mean_usd)
+        fast = max(1.0 / (self.intervals + 1), RECENT_ALPHA)
+        self.recent_usd += fast * (cost_usd - self.recent_usd)
         self.fade *= 1 - alpha
         if self.fade < 1e-9:
             self._rescale()

@@ -293,7 +293,7 @@ def _judge(rule: AnomalyRule, state: EntityState, iv: ClosedInterval) -> Interva
     ts_s = iv.start_ms / 1000
     x = iv.cost_usd
     verdict = state.detector.score_one(ts_s, x)
-    anomalous = verdict.warm and x > verdict.high
+    anomalous = verdict.warm and x > verdict.high and x > rule.jump_factor * state.recent_usd
     state.anomalous_run = state.anomalous_run + 1 if anomalous else 0
     if not anomalous or state.anomalous_run > rule.relearn_after:
         state.detector.learn_one(ts_s, x)

@@ -65,7 +65,7 @@ def test_defaults_and_the_repository_example() -> None:
     assert parse_rules("rules: []", "t.yaml").anomaly is None
 
     example = load_rules(REPO / "rules.yaml").anomaly
-    assert example is not None and example.min_spend_usd == 1.0 and example.warmup == 60
+    assert example is not None and example.min_spend_usd == 0.5 and example.warmup == 60
 
 
 def test_grace_must_be_shorter_than_the_interval() -> None:
