@@ -77,12 +77,12 @@ def validate_scorer(nab: Path, corpus: dict[str, tuple[Series, list[tuple[int, i
 
 
 def run_detector(
-    name: str, corpus: dict[str, tuple[Series, list[tuple[int, int]]]]
+    name: str, corpus: dict[str, tuple[Series, list[tuple[int, int]]]], sensitivity: float
 ) -> tuple[Files, float]:
     files: Files = {}
     start = time.perf_counter()
     for file, (series, wins) in corpus.items():
-        scores = [v.score for v in run_series(series, name)]
+        scores = [v.score for v in run_series(series, name, sensitivity=sensitivity)]
         files[file] = (len(series.values), wins, scores)
     return files, time.perf_counter() - start
 
@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nab", type=Path, default=DEFAULT_NAB)
     parser.add_argument("--detectors", default="robust,seasonal")
+    parser.add_argument("--sensitivity", type=float, default=0.5)
     parser.add_argument("--skip-validation", action="store_true")
     args = parser.parse_args(argv)
     nab: Path = args.nab
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     ours: dict[str, dict[str, float]] = {}
     print("our detectors (threshold optimised over the corpus per profile, as NAB does):")
     for name in args.detectors.split(","):
-        files, seconds = run_detector(name, corpus)
+        files, seconds = run_detector(name, corpus, args.sensitivity)
         ours[name] = score_all(files)
         s = ours[name]
         print(
