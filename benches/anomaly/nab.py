@@ -90,7 +90,7 @@ def run_detector(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nab", type=Path, default=DEFAULT_NAB)
-    parser.add_argument("--detectors", default="robust,seasonal")
+    parser.add_argument("--detectors", default="combined,robust,seasonal")
     parser.add_argument("--sensitivity", type=float, default=0.5)
     parser.add_argument("--skip-validation", action="store_true")
     args = parser.parse_args(argv)
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     published = json.loads((nab / "results" / "final_results.json").read_text())
     table = {f"{k} (ours)": v for k, v in ours.items()} | published
-    print(f"\n| detector | standard | reward_low_FP_rate | reward_low_FN_rate |")
+    print("\n| detector | standard | reward_low_FP_rate | reward_low_FN_rate |")
     print("|---|---|---|---|")
     for det, s in sorted(table.items(), key=lambda kv: -kv[1]["standard"]):
         print(f"| {det} | {s['standard']:.2f} | {s['reward_low_FP_rate']:.2f} | "

@@ -12,7 +12,13 @@ from collections.abc import Mapping
 from typing import Protocol
 
 from detector.anomaly.multivariate import HSTDetector
-from detector.anomaly.univariate import RobustModel, SeasonalModel, Verdict, check_sensitivity
+from detector.anomaly.univariate import (
+    CombinedModel,
+    RobustModel,
+    SeasonalModel,
+    Verdict,
+    check_sensitivity,
+)
 
 __all__ = [
     "DEFAULT_UNIVARIATE",
@@ -38,10 +44,10 @@ class MultivariateDetector(Protocol):
     def learn_one(self, ts: float, x: Mapping[str, float]) -> None: ...
 
 
-UNIVARIATE: tuple[str, ...] = ("robust", "seasonal")
+UNIVARIATE: tuple[str, ...] = ("combined", "robust", "seasonal")
 MULTIVARIATE: tuple[str, ...] = ("hst",)
 # Chosen by the NAB evaluation in benches/anomaly/nab.py (see benches/anomaly/README.md).
-DEFAULT_UNIVARIATE = "robust"
+DEFAULT_UNIVARIATE = "combined"
 
 
 def _check(interval_s: int, warmup: int | None, sensitivity: float) -> None:
@@ -62,6 +68,8 @@ def make_univariate(
     """A fresh univariate model by name ("default" is DEFAULT_UNIVARIATE)."""
     _check(interval_s, warmup, sensitivity)
     chosen = DEFAULT_UNIVARIATE if name == "default" else name
+    if chosen == "combined":
+        return CombinedModel(sensitivity=sensitivity, interval_s=interval_s, warmup=warmup)
     if chosen == "robust":
         return RobustModel(sensitivity=sensitivity, interval_s=interval_s, warmup=warmup)
     if chosen == "seasonal":

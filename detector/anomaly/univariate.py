@@ -40,12 +40,12 @@ def check_sensitivity(sensitivity: float) -> float:
 
 
 def band_floor(sensitivity: float) -> float:
-    """Smallest half-width of the band, in spreads: 6 at sensitivity 0, 2 at 1.
+    """Smallest half-width of the band, in spreads: 4.5 at sensitivity 0, 1.5 at 1.
 
     >>> band_floor(0.5)
-    4.0
+    3.0
     """
-    return 2.0 + 4.0 * (1.0 - check_sensitivity(sensitivity))
+    return 1.5 + 3.0 * (1.0 - check_sensitivity(sensitivity))
 
 
 def band_factor(sensitivity: float) -> float:
@@ -185,3 +185,31 @@ class SeasonalModel(BandModel):
         self.model.season.extend(y - level for y in self.first)
         self.model._initialized = True
         self.first = []
+
+
+class CombinedModel:
+    """Robust and seasonal together: anomalous when either finds the point outside its band.
+
+    The normal band is the overlap of the two bands (when they do not overlap, every value is
+    anomalous and the band shrinks to the middle of the gap). The seasonal half joins once it has
+    seen its first season; until then the robust half judges alone.
+    """
+
+    def __init__(self, *, sensitivity: float, interval_s: int, warmup: int | None) -> None:
+        self.robust = RobustModel(sensitivity=sensitivity, interval_s=interval_s, warmup=warmup)
+        self.seasonal = SeasonalModel(sensitivity=sensitivity, interval_s=interval_s, warmup=warmup)
+
+    def score_one(self, ts: float, x: float) -> Verdict:
+        first = self.robust.score_one(ts, x)
+        second = self.seasonal.score_one(ts, x)
+        if not second.warm:
+            return first
+        low, high = max(first.low, second.low), min(first.high, second.high)
+        if low > high:
+            low = high = (low + high) / 2.0
+        expected = min(high, max(low, (first.expected + second.expected) / 2.0))
+        return Verdict(max(first.score, second.score), expected, low, high, first.warm)
+
+    def learn_one(self, ts: float, x: float) -> None:
+        self.robust.learn_one(ts, x)
+        self.seasonal.learn_one(ts, x)
