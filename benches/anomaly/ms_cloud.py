@@ -11,8 +11,8 @@ either side:
 - point: precision = flagged rows with a labelled row within the tolerance / flagged rows;
   recall = labelled rows with a flagged row within the tolerance / labelled rows;
 - incident: labelled rows closer than 2 x tolerance apart form one incident, consecutive flagged
-  rows (gaps up to the tolerance) form one alert; recall = incidents touched by an alert / incidents,
-  precision = alerts touching an incident / alerts. This is what an on-call person sees.
+  rows (gaps up to the tolerance) form one alert; recall = incidents touched by an alert /
+  incidents, precision = alerts touching an incident / alerts. This is what on-call people see.
 """
 
 from __future__ import annotations
