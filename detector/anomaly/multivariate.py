@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 from river import anomaly, stats
 
-from detector.anomaly.univariate import band_floor, points, score_from_z
+from detector.anomaly.univariate import band_factor, band_floor, points, score_from_z
 
 _MAD_PER_SIGMA = 0.6745
 
@@ -17,11 +17,14 @@ class HSTDetector:
 
     HalfSpaceTrees' raw score sits anywhere in [0, 1] for normal points, depending on the data, so
     the raw score is standardised by the rolling median and spread of the raw scores of the points
-    it learned, and mapped like a univariate distance (0.5 on the band edge).
+    it learned, and that distance is judged like a univariate one: the band's edge is the larger of
+    a floor and the 99.9th percentile of recent distances, scaled by the sensitivity.
     """
 
     def __init__(self, *, sensitivity: float, interval_s: int, warmup: int | None) -> None:
-        self.k = band_floor(sensitivity)
+        self.floor_k = band_floor(sensitivity)
+        self.factor = band_factor(sensitivity)
+        self.recent_z = stats.RollingQuantile(0.999, 2000)
         window = points(4 * 3600, interval_s, 50, 250)
         self.model = anomaly.HalfSpaceTrees(n_trees=15, height=6, window_size=window, seed=42)
         self.means: dict[str, stats.EWMean] = {}
@@ -52,16 +55,23 @@ class HSTDetector:
         self._last = (ts, key, raw)
         return raw
 
+    def _z(self, raw: float) -> float:
+        median = float(self.raw_median.get() or 0.0)
+        spread = max((float(self.raw_q75.get() or 0.0) - median) / _MAD_PER_SIGMA, 0.005)
+        return max(0.0, raw - median) / spread
+
     def score_one(self, ts: float, x: Mapping[str, float]) -> float:
         if self.n < self.warmup:
             return 0.0
-        median = float(self.raw_median.get() or 0.0)
-        spread = max((float(self.raw_q75.get() or 0.0) - median) / _MAD_PER_SIGMA, 0.01)
-        return score_from_z(max(0.0, self._raw(ts, x) - median) / spread, self.k)
+        k = max(self.floor_k, self.factor * float(self.recent_z.get() or 0.0))
+        return score_from_z(self._z(self._raw(ts, x)), k)
 
     def learn_one(self, ts: float, x: Mapping[str, float]) -> None:
+        # The trees' first window is empty (every score is the same), so judging starts after it.
         if self.n >= self.model.window_size:
             raw = self._raw(ts, x)
+            if self.n >= self.model.window_size + 50:
+                self.recent_z.update(self._z(raw))
             self.raw_median.update(raw)
             self.raw_q75.update(raw)
         scaled = self._scaled(x)

@@ -62,12 +62,12 @@ def score_from_z(z: float, k: float) -> float:
 
     >>> score_from_z(4.0, 4.0)
     0.5
-    >>> round(score_from_z(40.0, 4.0), 4)
-    0.9901
+    >>> round(score_from_z(12.0, 4.0), 4)
+    0.9878
     """
     if z <= 0.0:
         return 0.0
-    r = (z / k) ** 2
+    r = (z / k) ** 4
     return r / (1.0 + r) if math.isfinite(r) else 1.0
 
 
