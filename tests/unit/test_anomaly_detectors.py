@@ -106,7 +106,7 @@ def test_flat_series_does_not_give_an_empty_band() -> None:
 @pytest.mark.parametrize("name", UNIVARIATE)
 def test_pickle_roundtrip_keeps_every_answer(name: str) -> None:
     model = trained(name, 1600)
-    copy = pickle.loads(pickle.dumps(model))
+    copy = pickle.loads(pickle.dumps(model))  # noqa: S301 (our own bytes, just written)
     rng = random.Random(99)
     for i in range(1600, 1700):
         x = wave(i, rng)
@@ -185,6 +185,6 @@ def test_hst_is_silent_while_warming_up_and_pickles() -> None:
     for i in range(100):
         assert model.score_one(i * 60.0, {"cost_usd": 1e9}) == 0.0
         model.learn_one(i * 60.0, features(rng))
-    copy = pickle.loads(pickle.dumps(model))
+    copy = pickle.loads(pickle.dumps(model))  # noqa: S301 (our own bytes, just written)
     x = features(rng)
     assert copy.score_one(100 * 60.0, x) == model.score_one(100 * 60.0, x)
