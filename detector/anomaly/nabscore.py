@@ -66,9 +66,9 @@ def sweep_rows(
         raise ValueError(f"expected {n_rows} scores, got {len(scores)}")
     probation = min(math.floor(PROBATION_FRACTION * n_rows), PROBATION_CAP_ROWS)
     inside: list[int | None] = [None] * n_rows
-    for wid, (start, end) in enumerate(sorted(windows)):
-        for i in range(start, end + 1):
-            inside[i] = wid
+    for number, (first, last) in enumerate(sorted(windows)):
+        for i in range(first, last + 1):
+            inside[i] = number
     ordered = sorted(windows)
     rows: list[Row] = []
     prev: tuple[int, int] | None = None  # (right index, width) of the last window passed

@@ -156,7 +156,8 @@ class SeasonalModel(BandModel):
         super().__init__(sensitivity=sensitivity, interval_s=interval_s, warmup=warmup)
         period_s = 7 * _DAY_S if interval_s >= 3600 else _DAY_S
         self.season = points(period_s, interval_s, 2, 2016)
-        self.model = time_series.HoltWinters(
+        # river's time_series module carries no annotations, hence the ignores below.
+        self.model = time_series.HoltWinters(  # type: ignore[no-untyped-call]
             alpha=0.3, beta=0.01, gamma=0.3, seasonality=self.season
         )
         self.first: list[float] = []
@@ -166,13 +167,13 @@ class SeasonalModel(BandModel):
 
     def expected(self) -> float | None:
         if self.model._initialized:
-            return float(self.model.forecast(1)[0])
+            return float(self.model.forecast(1)[0])  # type: ignore[no-untyped-call]
         return self.last
 
     def update_expected(self, x: float) -> None:
         self.last = x
         if self.model._initialized:
-            self.model.learn_one(x)
+            self.model.learn_one(x)  # type: ignore[no-untyped-call]
             return
         # river would seed an additive season with y / level (the multiplicative form, and a
         # division by zero on a zero level); we seed level, trend and season ourselves instead.
@@ -180,9 +181,11 @@ class SeasonalModel(BandModel):
         if len(self.first) < self.season:
             return
         level = statistics.fmean(self.first)
+        trend, season = self.model.trend, self.model.season
+        assert trend is not None and season is not None  # beta and gamma are set above
         self.model.level.append(level)
-        self.model.trend.append(0.0)
-        self.model.season.extend(y - level for y in self.first)
+        trend.append(0.0)
+        season.extend(y - level for y in self.first)
         self.model._initialized = True
         self.first = []
 

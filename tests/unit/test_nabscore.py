@@ -6,9 +6,9 @@ import pytest
 
 from detector.anomaly.nabscore import (
     PROFILES,
+    scaled_sigmoid,
     score_at,
     score_corpus,
-    scaled_sigmoid,
     sweep_rows,
 )
 
