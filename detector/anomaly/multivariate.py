@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 from river import anomaly, stats
 
-from detector.anomaly.univariate import band_factor, band_floor, points, score_from_z
+from detector.anomaly.univariate import RecentTop, band_factor, band_floor, points, score_from_z
 
 _MAD_PER_SIGMA = 0.6745
 
@@ -24,7 +24,7 @@ class HSTDetector:
     def __init__(self, *, sensitivity: float, interval_s: int, warmup: int | None) -> None:
         self.floor_k = band_floor(sensitivity)
         self.factor = band_factor(sensitivity)
-        self.recent_z = stats.RollingQuantile(0.999, 2000)
+        self.recent_z = RecentTop(size=2000, rank=3)
         window = points(4 * 3600, interval_s, 50, 250)
         self.model = anomaly.HalfSpaceTrees(n_trees=15, height=6, window_size=window, seed=42)
         self.means: dict[str, stats.EWMean] = {}
@@ -64,7 +64,7 @@ class HSTDetector:
     def score_one(self, ts: float, x: Mapping[str, float]) -> float:
         if self.n < self.warmup:
             return 0.0
-        k = max(self.floor_k, self.factor * float(self.recent_z.get() or 0.0))
+        k = max(self.floor_k, self.factor * self.recent_z.get())
         return score_from_z(self._z(self._raw(ts, x)), k)
 
     def learn_one(self, ts: float, x: Mapping[str, float]) -> None:
