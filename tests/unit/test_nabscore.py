@@ -9,6 +9,7 @@ from detector.anomaly.nabscore import (
     scaled_sigmoid,
     score_at,
     score_corpus,
+    score_corpus_at,
     sweep_rows,
 )
 
@@ -85,3 +86,8 @@ def test_detecting_everything_loses_to_never_detecting() -> None:
     result = score_corpus(every, "standard")
     assert math.isinf(result.threshold)
     assert result.normalised == 0.0
+
+
+def test_corpus_score_at_a_given_threshold() -> None:
+    files = {"f.csv": (N_ROWS, WINDOWS, scores({1: 1.0, 5: 0.5, 11: 0.8, 15: 0.7}))}
+    assert score_corpus_at(files, "standard", 0.7) == pytest.approx(TP_11 + 0.11 * FP_15, abs=1e-6)
