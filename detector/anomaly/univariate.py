@@ -6,7 +6,9 @@ surprise `z = |x - expected| / spread`, where `spread` is a robust scale of rece
 many identical values does not get a zero scale). Raw `z` means different things on a smooth and
 on a spiky series, so the band's half-width, in spreads, is the larger of a fixed floor and the
 99.9th percentile of the model's own recent `z`, both scaled by the sensitivity: a point is
-anomalous when it is more surprising than nearly everything the model saw recently.
+anomalous when it is more surprising than nearly everything the model saw recently. After a big
+surprise the band also stays wide for a while (a peak that halves every 12 hours, capped at 4x
+the usual percentile), so one incident's aftershocks do not each raise a new alert.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from river import stats, time_series
 _MAD_PER_SIGMA = 0.6745
 _DAY_S = 86_400
 _SETTLE_ROWS = 20
+_PEAK_HALF_LIFE_S = 12 * 3600
+_PEAK_CAP = 4.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +135,8 @@ class BandModel:
         self.abs_level = stats.EWMean(fading_factor=0.01)
         # About a week of 5-minute rows; long enough to have seen the usual bursts.
         self.recent_z = RecentTop(size=2000, rank=3)
+        self.peak_z = 0.0
+        self.peak_decay = 0.5 ** (interval_s / _PEAK_HALF_LIFE_S)  # per learned row
         self.warmup = warmup if warmup is not None else 120
         self.n = 0
 
@@ -147,7 +153,7 @@ class BandModel:
 
     def half_width(self) -> float:
         """Band half-width in spreads."""
-        return max(self.floor_k, self.factor * self.recent_z.get())
+        return max(self.floor_k, self.factor * max(self.recent_z.get(), self.peak_z))
 
     def score_one(self, ts: float, x: float) -> Verdict:
         expected = self.expected()
@@ -166,7 +172,10 @@ class BandModel:
             if self.n >= _SETTLE_ROWS:
                 # Measured before the residual joins the spread, as score_one does; the first
                 # rows are left out because their spread is still a guess.
-                self.recent_z.update(residual / self.spread())
+                z = residual / self.spread()
+                self.recent_z.update(z)
+                cap = _PEAK_CAP * self.recent_z.get()
+                self.peak_z = max(self.peak_z * self.peak_decay, min(z, cap))
             self.abs_resid.update(residual)
             self.mean_abs_resid.update(residual)
         self.abs_level.update(abs(x))

@@ -188,3 +188,35 @@ def test_hst_is_silent_while_warming_up_and_pickles() -> None:
     copy = pickle.loads(pickle.dumps(model))  # noqa: S301 (our own bytes, just written)
     x = features(rng)
     assert copy.score_one(100 * 60.0, x) == model.score_one(100 * 60.0, x)
+
+
+@pytest.mark.parametrize("name", UNIVARIATE)
+def test_band_widens_after_a_spike_and_relaxes_again(name: str) -> None:
+    rng = random.Random(3)
+    model = make_univariate(name, interval_s=60)
+    row = 0
+
+    def feed(rows: int) -> None:
+        nonlocal row
+        for _ in range(rows):
+            model.learn_one(row * 60.0, rng.gauss(100.0, 2.0))
+            row += 1
+
+    def spike() -> Verdict:
+        nonlocal row
+        verdict = model.score_one(row * 60.0, 140.0)
+        model.learn_one(row * 60.0, 140.0)
+        row += 1
+        return verdict
+
+    feed(2 * 1440)
+    first = spike()
+    feed(60)
+    aftershock = spike()  # an hour later: the band is wider, the same spike less surprising
+    feed(3 * 1440)
+    later = spike()  # three days later the band has relaxed
+    assert first.score > 0.99
+    assert aftershock.high - aftershock.low > 2 * (first.high - first.low)
+    assert aftershock.score < first.score
+    assert later.score > 0.99
+    assert later.high - later.low < 1.5 * (first.high - first.low)
