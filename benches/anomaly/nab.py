@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from detector.anomaly.nabscore import PROFILES, score_corpus
+from detector.anomaly.nabscore import PROFILES, normalise, score_corpus, score_corpus_at
 from detector.anomaly.series import Series, read_series, run_series
 
 DEFAULT_NAB = Path("/work/shared/data/nab")
@@ -59,30 +59,44 @@ def score_all(files: Files) -> dict[str, float]:
 
 def validate_scorer(nab: Path, corpus: dict[str, tuple[Series, list[tuple[int, int]]]]) -> None:
     published = json.loads((nab / "results" / "final_results.json").read_text())
-    print("scorer validation: our NAB scorer on published per-row outputs vs NAB's final scores")
+    thresholds = json.loads((nab / "config" / "thresholds.json").read_text())
+    print("scorer validation on the per-row outputs NAB publishes:")
+    print("  (a) raw score at NAB's own threshold (config/thresholds.json): checks the arithmetic")
+    print("  (b) normalised score at our optimised threshold vs results/final_results.json")
     for detector in ("numenta", "windowedGaussian"):
         if not (nab / "results" / detector / "realKnownCause").is_dir():
             continue
         files: Files = {}
         for name, (series, wins) in corpus.items():
             files[name] = (len(series.values), wins, published_scores(nab, detector, name))
-        ours = score_all(files)
-        for profile, value in ours.items():
+        n_windows = sum(len(w) for _, w, _ in files.values())
+        for profile in PROFILES:
+            given = thresholds[detector][profile]
+            raw = score_corpus_at(files, profile, given["threshold"])
+            ok = "ok" if abs(raw - given["score"]) < 1e-6 else "MISMATCH"
+            implied = normalise(given["score"], n_windows, PROFILES[profile])
+            if abs(implied - published[detector][profile]) > 0.01:
+                # This entry of thresholds.json is from an older run: its own score does not
+                # normalise to the published final score, so it cannot check anything.
+                ok = f"n/a (stale entry: normalises to {implied:.2f})"
+            print(f"  (a) {detector:17} {profile:19} threshold={given['threshold']:.6f} "
+                  f"ours={raw:9.4f} NAB={given['score']:9.4f} {ok}")  # fmt: skip
+        for profile, value in score_all(files).items():
             ref = published[detector][profile]
-            status = "ok" if abs(value - ref) < 0.01 else "MISMATCH"
-            print(
-                f"  {detector:17} {profile:19} ours={value:7.3f} published={ref:7.3f} "
-                f"diff={value - ref:+.4f} {status}"
-            )
+            # Our sweep tries every distinct score; NAB's optimiser is a local search, so ours
+            # can only match it or find a better threshold, never a worse one.
+            ok = "ok" if abs(value - ref) < 0.01 else ("better" if value > ref else "MISMATCH")
+            print(f"  (b) {detector:17} {profile:19} ours={value:7.3f} published={ref:7.3f} "
+                  f"diff={value - ref:+.4f} {ok}")  # fmt: skip
 
 
 def run_detector(
-    name: str, corpus: dict[str, tuple[Series, list[tuple[int, int]]]]
+    name: str, corpus: dict[str, tuple[Series, list[tuple[int, int]]]], sensitivity: float
 ) -> tuple[Files, float]:
     files: Files = {}
     start = time.perf_counter()
     for file, (series, wins) in corpus.items():
-        scores = [v.score for v in run_series(series, name)]
+        scores = [v.score for v in run_series(series, name, sensitivity=sensitivity)]
         files[file] = (len(series.values), wins, scores)
     return files, time.perf_counter() - start
 
@@ -90,7 +104,8 @@ def run_detector(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nab", type=Path, default=DEFAULT_NAB)
-    parser.add_argument("--detectors", default="robust,seasonal")
+    parser.add_argument("--detectors", default="combined,robust,seasonal")
+    parser.add_argument("--sensitivity", type=float, default=0.5)
     parser.add_argument("--skip-validation", action="store_true")
     args = parser.parse_args(argv)
     nab: Path = args.nab
@@ -106,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     ours: dict[str, dict[str, float]] = {}
     print("our detectors (threshold optimised over the corpus per profile, as NAB does):")
     for name in args.detectors.split(","):
-        files, seconds = run_detector(name, corpus)
+        files, seconds = run_detector(name, corpus, args.sensitivity)
         ours[name] = score_all(files)
         s = ours[name]
         print(
@@ -116,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     published = json.loads((nab / "results" / "final_results.json").read_text())
     table = {f"{k} (ours)": v for k, v in ours.items()} | published
-    print(f"\n| detector | standard | reward_low_FP_rate | reward_low_FN_rate |")
+    print("\n| detector | standard | reward_low_FP_rate | reward_low_FN_rate |")
     print("|---|---|---|---|")
     for det, s in sorted(table.items(), key=lambda kv: -kv[1]["standard"]):
         print(f"| {det} | {s['standard']:.2f} | {s['reward_low_FP_rate']:.2f} | "

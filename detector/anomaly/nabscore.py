@@ -66,9 +66,9 @@ def sweep_rows(
         raise ValueError(f"expected {n_rows} scores, got {len(scores)}")
     probation = min(math.floor(PROBATION_FRACTION * n_rows), PROBATION_CAP_ROWS)
     inside: list[int | None] = [None] * n_rows
-    for wid, (start, end) in enumerate(sorted(windows)):
-        for i in range(start, end + 1):
-            inside[i] = wid
+    for number, (first, last) in enumerate(sorted(windows)):
+        for i in range(first, last + 1):
+            inside[i] = number
     ordered = sorted(windows)
     rows: list[Row] = []
     prev: tuple[int, int] | None = None  # (right index, width) of the last window passed
@@ -166,17 +166,28 @@ class CorpusResult:
     fp: int
 
 
-def score_corpus(
-    files: Mapping[str, tuple[int, Sequence[tuple[int, int]], Sequence[float]]],
-    profile_name: str,
-) -> CorpusResult:
-    """Best corpus threshold and its normalised score; files map name -> (rows, windows, scores)."""
-    profile = PROFILES[profile_name]
+Files = Mapping[str, tuple[int, Sequence[tuple[int, int]], Sequence[float]]]
+
+
+def _corpus_rows(files: Files) -> tuple[list[Row], int]:
     rows: list[Row] = []
     n_windows = 0
     for n_rows, windows, scores in files.values():
         rows.extend(sweep_rows(n_rows, windows, scores, n_windows))
         n_windows += len(windows)
+    return rows, n_windows
+
+
+def score_corpus_at(files: Files, profile_name: str, threshold: float) -> float:
+    """Raw corpus score at a given threshold (to compare with NAB's own threshold file)."""
+    rows, n_windows = _corpus_rows(files)
+    return score_at(rows, n_windows, PROFILES[profile_name], threshold)
+
+
+def score_corpus(files: Files, profile_name: str) -> CorpusResult:
+    """Best corpus threshold and its normalised score; files map name -> (rows, windows, scores)."""
+    profile = PROFILES[profile_name]
+    rows, n_windows = _corpus_rows(files)
     table = score_by_threshold(rows, n_windows, profile)
     top = max(table, key=lambda t: t.score)
     return CorpusResult(

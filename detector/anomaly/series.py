@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from detector.anomaly.detectors import Verdict, make_univariate
+from detector.anomaly.detectors import UnivariateDetector, Verdict, make_univariate
 from detector.errors import DetectorError
 
 
@@ -20,6 +20,7 @@ class SeriesError(DetectorError):
 @dataclass(frozen=True, slots=True)
 class Series:
     stamps: list[str]  # as written in the file, echoed in the output
+    value_texts: list[str]  # likewise
     ts_s: list[float]  # epoch seconds
     values: list[float]
 
@@ -43,6 +44,7 @@ def read_series(path: Path) -> Series:
     except OSError as exc:
         raise SeriesError(f"{path}: cannot read: {exc.strerror}") from exc
     stamps: list[str] = []
+    value_texts: list[str] = []
     ts_s: list[float] = []
     values: list[float] = []
     with handle:
@@ -68,11 +70,12 @@ def read_series(path: Path) -> Series:
             if value != value or value in (float("inf"), float("-inf")):
                 raise SeriesError(f"{path}: line {line_no}: value: not finite {row[1]!r}")
             stamps.append(row[0])
+            value_texts.append(row[1].strip())
             ts_s.append(ts)
             values.append(value)
     if len(values) < 2:
         raise SeriesError(f"{path}: needs at least 2 rows, got {len(values)}")
-    return Series(stamps, ts_s, values)
+    return Series(stamps, value_texts, ts_s, values)
 
 
 def infer_interval_s(ts_s: Sequence[float]) -> int:
@@ -88,8 +91,15 @@ def infer_interval_s(ts_s: Sequence[float]) -> int:
 def run_series(
     series: Series, name: str = "default", *, sensitivity: float = 0.5
 ) -> Iterator[Verdict]:
-    """Score each row before learning it, the way the worker sees a live stream."""
+    """Score each row before learning it, the way the worker sees a live stream.
+
+    The model is built at once, so a bad name or sensitivity raises here, not on iteration.
+    """
     model = make_univariate(name, sensitivity=sensitivity, interval_s=infer_interval_s(series.ts_s))
+    return _run(model, series)
+
+
+def _run(model: UnivariateDetector, series: Series) -> Iterator[Verdict]:
     for ts, value in zip(series.ts_s, series.values, strict=True):
         verdict = model.score_one(ts, value)
         model.learn_one(ts, value)
