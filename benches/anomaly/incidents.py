@@ -352,6 +352,12 @@ async def run(args: argparse.Namespace) -> int:
         for a in false[: args.show_false]:
             print(f"false: {a.event_time} {a.scope.value}:{a.entity_id} ({a.tenant_id}) "
                   f"{a.message[:160]}")  # fmt: skip
+    for i in sc.incidents:
+        if not i.found_delays and args.show_false:
+            tenant = next(t for t in sc.tenants if t.name == i.tenant)
+            hour = (i.start_min / 60 + tenant.shift_h) % 24
+            print(f"missed: {i.kind} {i.tenant} minute {i.start_min} (local hour {hour:.0f}, "
+                  f"{rate_at(tenant, traces, i.start_min):.0f} calls/min before it)")  # fmt: skip
     print(f"# stats: {watch.stats}")
     return 0
 

@@ -146,8 +146,8 @@ def describe(rule: AnomalyRule) -> str:
     >>> for part in describe(AnomalyRule(scopes=["tenant"], outliers=None)).split(", "):
     ...     print(part)
     anomaly spend-anomaly: tenant every 1m
-    detector default at sensitivity 0.5
-    pages from $1 per interval
+    detector robust at sensitivity 0.8
+    pages from $0.5 per interval
     alert
     """
     scopes = ", ".join(s.value for s in rule.scopes)

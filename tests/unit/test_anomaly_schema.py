@@ -22,7 +22,8 @@ EXPECTED: dict[str, str] = {
         "api_key, got ['tenant', 'session']"
     ),
     "detector.yaml": (
-        "detector.yaml: anomaly.detector: must be default or one of robust, seasonal, got 'prophet'"
+        "detector.yaml: anomaly.detector: must be default or one of combined, robust, seasonal, "
+        "got 'prophet'"
     ),
     "interval.yaml": (
         "interval.yaml: anomaly.interval: must divide a day into whole intervals of at least "
