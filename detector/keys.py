@@ -27,6 +27,23 @@ def window_key(tenant: str, scope: str, entity: str, bucket_s: int, bucket_start
     return f"det:win:{_tag(tenant)}:{scope}:{entity}:{bucket_s}:{bucket_start_ms}"
 
 
+def rank_key(tenant: str, scope: str, day_start_ms: int) -> str:
+    """Sorted set of one UTC day's cost (micro-dollars) per entity of a scope in a tenant.
+
+    Under the pseudo-tenant GLOBAL_TENANT with scope "tenant" it ranks the tenants.
+
+    >>> rank_key("acme", "user", 86400000)
+    'det:rank:{t:acme}:user:86400000'
+    """
+    return f"det:rank:{_tag(tenant)}:{scope}:{day_start_ms}"
+
+
+def quality_key(tenant: str, day_start_ms: int) -> str:
+    """Hash of one UTC day's quality signal per model: `<model>|n` events, `<model>|q` sum
+    of quality in millionths, `<model>|c` cost in micro-dollars of those events."""
+    return f"det:quality:{_tag(tenant)}:{day_start_ms}"
+
+
 def seen_key(tenant: str, event_id: str) -> str:
     """Marker that one event id was already applied (idempotency)."""
     return f"det:seen:{_tag(tenant)}:{event_id}"

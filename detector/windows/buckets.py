@@ -27,7 +27,7 @@ BUCKET_SIZES: tuple[BucketSize, ...] = (
     BucketSize(MINUTE_S, 2 * HOUR_S),
     BucketSize(5 * MINUTE_S, 4 * HOUR_S),
     BucketSize(HOUR_S, 3 * DAY_S),
-    BucketSize(DAY_S, 40 * DAY_S),
+    BucketSize(DAY_S, 70 * DAY_S),  # reports compare a month with the one before
 )
 MAX_RETENTION_S = max(b.size_s + b.retention_s for b in BUCKET_SIZES)
 

@@ -30,6 +30,7 @@ from detector.pricing import Costs
 from detector.schemas import Scope, UsageEvent
 from detector.windows.buckets import (
     BUCKET_SIZES,
+    DAY_S,
     HOUR_S,
     LATE_MIN_BUCKET_S,
     MINUTE_S,
@@ -73,7 +74,9 @@ local function int(v) return string.format('%d', v) end
 
 # KEYS[1]: the tenant's dedup prefix (declares the tenant's cluster slot).
 # ARGV[1]: JSON {"x": dedup horizon ms, "s": [[hour ms, [ids...]], ...],
-#                "k": [bucket key, ...], "p": [bucket time to live in ms, as text, ...]}
+#                "k": [bucket key, ...], "p": [bucket time to live in ms, as text, ...],
+#                "z": [[rank key, ttl ms, [member, micro-dollars, ...]], ...],
+#                "h": [[quality key, ttl ms, [field, increment, ...]], ...]}
 # Lifetimes are relative to the caller's clock (wall time in the worker, event time in a
 # backtest), so a replay of old events keeps its buckets as long as the live worker would.
 # ARGV[2]: the deltas of those buckets, packed one after another in the bucket layout.
@@ -115,6 +118,16 @@ for i, key in ipairs(p.k) do
     for f = 1, WIDTH do values[f] = values[f] + current[f] end
   end
   redis.call('SET', key, struct.pack(FORMAT, unpack(values, 1, WIDTH)), 'PX', expiries[i])
+end
+for _, group in ipairs(p.z) do
+  local key, flat = group[1], group[3]
+  for i = 1, #flat, 2 do redis.call('ZINCRBY', key, int(flat[i + 1]), flat[i]) end
+  redis.call('PEXPIRE', key, int(group[2]))
+end
+for _, group in ipairs(p.h) do
+  local key, flat = group[1], group[3]
+  for i = 1, #flat, 2 do redis.call('HINCRBY', key, flat[i], int(flat[i + 1])) end
+  redis.call('PEXPIRE', key, int(group[2]))
 end
 return dups
 """
@@ -278,10 +291,12 @@ class WindowStore:
         late_before_ms = (
             now_ms - self._allowed_lateness_ms if self._allowed_lateness_ms is not None else None
         )
+        rollups = _DayRollups(now_ms)
         for it in items:
             ev = it.event
             by_hour[bucket_start_ms(ev.ts_ms, HOUR_S)].append(ev.event_id)
             vector = event_vector(it)
+            rollups.add(ev, vector[0])
             minute_ms = bucket_start_ms(ev.ts_ms, MINUTE_S)
             late = late_before_ms is not None and ev.ts_ms < late_before_ms
             prefixes = entity_prefixes(ev)
@@ -310,6 +325,8 @@ class WindowStore:
             "s": [[hour, ids] for hour, ids in by_hour.items()],
             "k": bucket_keys,
             "p": expiries,
+            "z": rollups.ranks(),
+            "h": rollups.quality(),
         }
         return orjson.dumps(payload), bytes(deltas)
 
@@ -343,6 +360,83 @@ class WindowStore:
             for n, index in enumerate(by_owner[owner]):
                 out[index] = named_metrics(reply[n * WIDTH : (n + 1) * WIDTH])
         return out
+
+
+_DAY_SPAN_MS = _SPAN_MS[DAY_S]
+_RANKED_SCOPES = ("user", "feature", "model", "api_key", "session")
+
+
+class _DayRollups:
+    """One batch's additions to the daily roll-ups the reports read: per tenant and UTC day,
+    the cost of every entity of each scope (a sorted set, so top spenders and exact counts of
+    active entities are one read), the cost of each tenant, and the quality signal per model.
+    """
+
+    def __init__(self, now_ms: int) -> None:
+        self._now_ms = now_ms
+        self._ranks: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        self._quality: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        self._ttl: dict[str, int] = {}
+
+    def add(self, ev: UsageEvent, cost_micros: int) -> None:
+        day_ms = bucket_start_ms(ev.ts_ms, DAY_S)
+        ttl = day_ms + _DAY_SPAN_MS - self._now_ms
+        if ttl <= 0:
+            return  # older than the day buckets' retention: the roll-ups are gone too
+        tenant = ev.tenant_id
+        ranks = self._ranks
+        key = keys.rank_key(keys.GLOBAL_TENANT, "tenant", day_ms)
+        self._ttl[key] = ttl
+        ranks[key][tenant] += cost_micros
+        for scope, entity in (
+            ("user", ev.user_id),
+            ("feature", ev.feature),
+            ("model", ev.model),
+            ("api_key", ev.api_key_id),
+            ("session", ev.session_id),
+        ):
+            if entity is not None:
+                key = keys.rank_key(tenant, scope, day_ms)
+                self._ttl[key] = ttl
+                ranks[key][entity] += cost_micros
+        quality = quality_signal(ev.tags.get("quality"))
+        if quality is not None:
+            key = keys.quality_key(tenant, day_ms)
+            self._ttl[key] = ttl
+            fields = self._quality[key]
+            fields[f"{ev.model}|n"] += 1
+            fields[f"{ev.model}|q"] += quality
+            fields[f"{ev.model}|c"] += cost_micros
+
+    def ranks(self) -> list[list[object]]:
+        return [_flat_group(key, self._ttl[key], members) for key, members in self._ranks.items()]
+
+    def quality(self) -> list[list[object]]:
+        return [_flat_group(key, self._ttl[key], fields) for key, fields in self._quality.items()]
+
+
+def _flat_group(key: str, ttl_ms: int, values: dict[str, int]) -> list[object]:
+    flat: list[object] = []
+    for name, amount in values.items():
+        flat += (name, amount)
+    return [key, ttl_ms, flat]
+
+
+def quality_signal(text: str | None) -> int | None:
+    """An event's `tags.quality` in millionths, or None when absent or not a number in [0, 1].
+
+    >>> quality_signal("0.75"), quality_signal("1"), quality_signal("1.5"), quality_signal("nan")
+    (750000, 1000000, None, None)
+    """
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    if not 0.0 <= value <= 1.0:  # also refuses nan
+        return None
+    return round(value * 1_000_000)
 
 
 def series_prefix(tenant: str, series: str, entity: str) -> str:

@@ -78,7 +78,7 @@ def test_bucket_expiry_is_end_plus_retention() -> None:
 
 
 def test_max_retention_is_the_day_bucket() -> None:
-    assert MAX_RETENTION_S == DAY_S + 40 * DAY_S
+    assert MAX_RETENTION_S == DAY_S + 70 * DAY_S
 
 
 # --- window_buckets: sliding -------------------------------------------------------------------
@@ -238,7 +238,7 @@ def test_lateness_drops_small_buckets_first() -> None:
     assert [b[0] for b in writable_buckets(ts_ms, 3 * hour_ms)] == [300, 3600, 86400]
     assert [b[0] for b in writable_buckets(ts_ms, 5 * hour_ms)] == [3600, 86400]
     assert [b[0] for b in writable_buckets(ts_ms, 4 * DAY_MS)] == [86400]
-    assert writable_buckets(ts_ms, 41 * DAY_MS) == []
+    assert writable_buckets(ts_ms, 71 * DAY_MS) == []
 
 
 @given(timestamps, st.integers(min_value=0, max_value=50 * DAY_MS))
