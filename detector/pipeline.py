@@ -71,7 +71,7 @@ async def handle_batch(messages: Sequence[RawMessage], deps: Deps, now_ms: int) 
         priced.append(PricedEvent(event, price_event(event, deps.prices)))
 
     rules = deps.rules()
-    applied = await deps.windows.apply_batch(priced, now_ms, filtered_series(rules))
+    applied = await deps.windows.apply_batch(priced, now_ms, filtered_series(rules), rules.zone)
     result.applied, result.duplicates = len(applied.applied), len(applied.duplicates)
     if rules.budgets and applied.applied:
         # A counted cost event releases the reservation made under the same request id.
@@ -133,10 +133,11 @@ async def _read_sums(
     then only the entity windows that their tenant's figures leave a chance to fire."""
     bounds = bound_reads(rules, reads)
     first = list(dict.fromkeys([*(r for r in reads if r[1] not in NESTED_SCOPES), *bounds]))
-    sums = dict(zip(first, await deps.windows.read_windows(first, eval_ms), strict=True))
+    read = deps.windows.read_windows
+    sums = dict(zip(first, await read(first, eval_ms, rules.zone), strict=True))
     rest = prune_reads(rules, (r for r in reads if r[1] in NESTED_SCOPES), sums)
     if rest:
-        sums.update(zip(rest, await deps.windows.read_windows(rest, eval_ms), strict=True))
+        sums.update(zip(rest, await read(rest, eval_ms, rules.zone), strict=True))
     return sums
 
 
@@ -214,7 +215,8 @@ async def _budget_outcomes(
     """
     out = []
     for hit in evaluate_budgets(rules, sums):
-        left_s = max((calendar_end_ms(hit.rule.window, eval_ms) - eval_ms) // 1000, 1)
+        end_ms = calendar_end_ms(hit.rule.window, eval_ms, rules.zone(hit.tenant_id))
+        left_s = max((end_ms - eval_ms) // 1000, 1)
         newly = [
             fraction
             for fraction in hit.crossed

@@ -216,6 +216,7 @@ OPENAPI: dict[str, Any] = {
                 "responses": {
                     "200": {"description": "window metrics"},
                     "422": _ERROR,
+                    "503": {**_ERROR, "description": "rules unavailable"},
                     **_AUTH_ERRORS,
                 },
             }

@@ -21,6 +21,7 @@ import struct
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import tzinfo
 
 import orjson
 from redis.asyncio import Redis
@@ -33,8 +34,10 @@ from detector.windows.buckets import (
     DAY_S,
     HOUR_S,
     LATE_MIN_BUCKET_S,
+    LOCAL_DAY,
     MINUTE_S,
     bucket_start_ms,
+    local_day_start_ms,
     window_buckets,
     writable_buckets,
 )
@@ -62,7 +65,11 @@ MONEY_METRICS = frozenset(
 WIDTH = len(METRICS)
 WINDOW_SCOPES: tuple[Scope, ...] = tuple(Scope)
 _PACKED = struct.Struct(f">{WIDTH}q")
-_SPAN_MS = {b.size_s: (b.size_s + b.retention_s) * 1000 for b in BUCKET_SIZES}
+_SPAN_MS: dict[int | str, int] = {b.size_s: (b.size_s + b.retention_s) * 1000 for b in BUCKET_SIZES}
+# A local day lasts 23 to 25 hours; its bucket is kept an hour longer than a UTC day's.
+_SPAN_MS[LOCAL_DAY] = _SPAN_MS[DAY_S] + HOUR_S * 1000
+
+Zones = Callable[[str], tzinfo | None]  # tenant -> its time zone, None for UTC
 
 # Lua pieces shared by both scripts: the counters' layout and an exact integer formatter.
 _LUA_FORMAT = "'>" + "i8" * WIDTH + "'"
@@ -236,10 +243,13 @@ class WindowStore:
         batch: Sequence[PricedEvent],
         now_ms: int,
         series: Callable[[UsageEvent], list[str]] | None = None,
+        zones: Zones | None = None,
     ) -> ApplyResult:
         """Count every event of the batch that was not counted before, exactly once.
 
         `series` names extra key prefixes an event also counts under (rules' filtered series).
+        `zones` gives a tenant's time zone, if it has one: its entities also get day buckets
+        that start at local midnight, for its calendar windows and budgets.
         """
         by_tenant: dict[str, dict[str, PricedEvent]] = defaultdict(dict)
         duplicates: list[PricedEvent] = []
@@ -255,7 +265,8 @@ class WindowStore:
             tenants = list(todo)
             pipe = self._redis.pipeline(transaction=False)
             for tenant in tenants:
-                payload, deltas = self._payload(todo[tenant], now_ms, series)
+                zone = zones(tenant) if zones is not None else None
+                payload, deltas = self._payload(todo[tenant], now_ms, series, zone)
                 await self._apply(keys=[dedup_prefix(tenant)], args=[payload, deltas], client=pipe)
             replies = await pipe.execute()
             retry: dict[str, list[PricedEvent]] = {}
@@ -277,6 +288,7 @@ class WindowStore:
         items: Sequence[PricedEvent],
         now_ms: int,
         series: Callable[[UsageEvent], list[str]] | None,
+        zone: tzinfo | None = None,
     ) -> tuple[bytes, bytes]:
         """The Lua call's arguments: JSON (dedup groups by hour, bucket keys and expiries)
         and the buckets' summed vectors, packed.
@@ -306,19 +318,29 @@ class WindowStore:
                 slot = (prefix, minute_ms, late)
                 total = minutes.get(slot)
                 minutes[slot] = vector if total is None else _add(total, vector)
-        sums: dict[tuple[str, int, int], list[int]] = {}
+        sums: dict[tuple[str, int | str, int], list[int]] = {}
+        local_days: dict[int, int] = {}  # minute start -> local day start, for a zoned tenant
         for (prefix, minute_ms, late), vector in minutes.items():
             # A bucket start depends only on the minute: every size is a multiple of 60 s.
-            for size_s, start_ms, _ in writable_buckets(minute_ms, now_ms, None):
-                if late and size_s < LATE_MIN_BUCKET_S:
-                    continue  # same rule as writable_buckets' allowed lateness
-                bucket = (prefix, size_s, start_ms)
+            buckets: list[tuple[int | str, int]] = [
+                (size_s, start_ms)
+                for size_s, start_ms, _ in writable_buckets(minute_ms, now_ms, None)
+                if not (late and size_s < LATE_MIN_BUCKET_S)  # writable_buckets' lateness rule
+            ]
+            if zone is not None and not prefix.startswith(_GLOBAL_PREFIX):
+                day_ms = local_days.get(minute_ms)
+                if day_ms is None:
+                    day_ms = local_days[minute_ms] = local_day_start_ms(minute_ms, zone)
+                if day_ms + _SPAN_MS[LOCAL_DAY] > now_ms:
+                    buckets.append((LOCAL_DAY, day_ms))
+            for size, start_ms in buckets:
+                bucket = (prefix, size, start_ms)
                 total = sums.get(bucket)
                 sums[bucket] = vector if total is None else _add(total, vector)
         bucket_keys, expiries, deltas = [], [], bytearray()
-        for (prefix, size_s, start_ms), vector in sums.items():
-            bucket_keys.append(f"{prefix}{size_s}:{start_ms}")
-            expiries.append(str(start_ms + _SPAN_MS[size_s] - now_ms))
+        for (prefix, size, start_ms), vector in sums.items():
+            bucket_keys.append(f"{prefix}{size}:{start_ms}")
+            expiries.append(str(start_ms + _SPAN_MS[size] - now_ms))
             deltas += _PACKED.pack(*vector)
         payload = {
             "x": self._dedup_horizon_ms,
@@ -331,7 +353,10 @@ class WindowStore:
         return orjson.dumps(payload), bytes(deltas)
 
     async def read_windows(
-        self, requests: Sequence[tuple[str, Scope, str, str]], now_ms: int
+        self,
+        requests: Sequence[tuple[str, Scope, str, str]],
+        now_ms: int,
+        zones: Zones | None = None,
     ) -> list[dict[str, float]]:
         """Metrics of each (tenant, scope, entity, window), summed inside Redis.
 
@@ -347,7 +372,8 @@ class WindowStore:
             asks = []
             for index in by_owner[owner]:
                 tenant, scope, entity, window = requests[index]
-                size_s, starts = window_buckets(window, now_ms)
+                zone = zones(tenant) if zones is not None and owner != keys.GLOBAL_TENANT else None
+                size_s, starts = window_buckets(window, now_ms, zone)
                 series = window.partition("#")[2]
                 base = series_prefix(owner, series, entity) if series else None
                 prefix = f"{base or entity_prefix(tenant, scope, entity)}{size_s}:"
@@ -363,6 +389,7 @@ class WindowStore:
 
 
 _DAY_SPAN_MS = _SPAN_MS[DAY_S]
+_GLOBAL_PREFIX = f"det:win:{{t:{keys.GLOBAL_TENANT}}}:"
 _RANKED_SCOPES = ("user", "feature", "model", "api_key", "session")
 
 

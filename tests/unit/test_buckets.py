@@ -119,6 +119,7 @@ def test_sliding_window_size_and_count(window: str, size_s: int, count: int) -> 
 @given(st.sampled_from(list(SLIDING_WINDOWS)), timestamps)
 def test_sliding_window_is_contiguous_and_ends_at_now(window: str, now_ms: int) -> None:
     size_s, starts = window_buckets(window, now_ms)
+    assert isinstance(size_s, int)
     size_ms = size_s * 1000
     assert (size_s, len(starts)) == SLIDING_WINDOWS[window]
     assert all(b - a == size_ms for a, b in zip(starts, starts[1:], strict=False))
