@@ -52,10 +52,10 @@ class Settings(BaseSettings):
     api_cache_max_entries: int = Field(default=500_000, ge=1000)
 
     # Reports: the plans file of the unit-economics report, and the Slack digests the worker
-    # sends once per period (`daily`, `weekly`, both, or empty for none), this long after the
-    # period ends so that late events are in.
+    # sends once per period (`daily`, `weekly` or both; none unless asked for), this long after
+    # the period ends so that late events are in.
     plans_file: Path | None = None
-    digests: str = "daily,weekly"
+    digests: str = ""
     digest_delay_s: int = Field(default=900, ge=0, le=86_400)
     digest_check_s: float = Field(default=60.0, gt=0, le=3600)
 

@@ -15,7 +15,7 @@ def projection_factor(period: Period, now_ms: int) -> float:
     days over elapsed days (to the millisecond); 1 for a finished month.
 
     >>> day = 86_400_000
-    >>> p = Period(PeriodKind.month, 0, 30 * day, 9 * day)
+    >>> p = Period(PeriodKind.month, 0, 30 * day, 9 * day, complete=False)
     >>> projection_factor(p, 10 * day), projection_factor(p, 40 * day)
     (3.0, 1.0)
     """

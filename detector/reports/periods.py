@@ -35,14 +35,11 @@ class Period:
     start_ms: int
     end_ms: int  # the calendar end (exclusive), for projections
     through_ms: int
+    complete: bool  # every day of the calendar period is in, and the period is over
 
     @property
     def days(self) -> list[int]:
         return list(range(self.start_ms, self.through_ms + 1, DAY_MS))
-
-    @property
-    def complete(self) -> bool:
-        return self.through_ms + DAY_MS == self.end_ms
 
     @property
     def calendar_days(self) -> int:
@@ -57,16 +54,15 @@ class Period:
         """
         first = _date(self.start_ms)
         last = _date(self.through_ms)
-        span = f"{first}" if first == last else f"{first} to {last}"
         if self.kind is PeriodKind.day:
-            name = f"day {first}"
-            return name
+            return f"day {first}" + ("" if self.complete else " (so far)")
         if self.kind is PeriodKind.week:
             iso = first.isocalendar()
             name = f"week {iso.year}-W{iso.week:02d}"
         else:
             name = f"month {first:%Y-%m}"
-        return f"{name} ({span}{'' if self.complete else ', to date'})"
+        part = "" if self.complete else f", {len(self.days)} of {self.calendar_days} days"
+        return f"{name} ({first} to {last}{part})"
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -113,7 +109,7 @@ def period_at(kind: PeriodKind, at_ms: int, now_ms: int) -> Period:
     through = min(end - DAY_MS, bucket_start_ms(now_ms, DAY_S))
     if through < start:
         raise ValueError("the period has not started yet")
-    return Period(kind, start, end, through)
+    return Period(kind, start, end, through, complete=now_ms >= end)
 
 
 def previous(period: Period) -> Period:
@@ -133,7 +129,7 @@ def previous(period: Period) -> Period:
         start = period.start_ms - 7 * DAY_MS
     end = _calendar_end_ms(period.kind, start)
     through = min(start + (n_days - 1) * DAY_MS, end - DAY_MS)
-    return Period(period.kind, start, end, through)
+    return Period(period.kind, start, end, through, complete=through == end - DAY_MS)
 
 
 def parse_date_ms(text: str) -> int:

@@ -52,7 +52,9 @@ class Plans(BaseModel):
     def _tenant_ids(cls, value: dict[str, str]) -> dict[str, str]:
         for tenant in value:
             if not _TENANT_RE.fullmatch(tenant):
-                raise ValueError(f"tenant id {tenant!r} is not a valid tenant id")
+                raise ValueError(
+                    f"{tenant!r} is not a tenant id (1-128 of A-Z a-z 0-9 . _ : @ / + = -)"
+                )
         return value
 
     def plan_of(self, tenant: str) -> tuple[str, Plan] | None:
@@ -65,10 +67,10 @@ def load_plans(path: Path) -> Plans:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the plans file: {exc.strerror}") from exc
+        raise ConfigError(f"{path.name}: cannot read the plans file: {exc.strerror}") from exc
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from exc
-    return parse_plans(text, str(path))
+        raise ConfigError(f"{path.name}: not UTF-8 text (byte {exc.start})") from exc
+    return parse_plans(text, path.name)
 
 
 def parse_plans(text: str, source: str) -> Plans:

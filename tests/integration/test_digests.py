@@ -85,7 +85,7 @@ async def test_each_digest_once_however_many_checks(
     history: tuple[list[Expected], date, int],
 ) -> None:  # fmt: skip
     events, today, now_ms = history
-    settings = settings_factory(digest_delay_s=0)
+    settings = settings_factory(digest_delay_s=0, digests="daily,weekly")
     sink = Recorder(failures=1)
     senders = [DigestSender(settings, sink) for _ in range(3)]
     # The first send fails: the claim stays a lease, and nobody sends until it expires.

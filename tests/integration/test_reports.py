@@ -9,7 +9,6 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -255,20 +254,3 @@ async def test_dollars_per_quality_by_model(world: tuple[Reports, list[Expected]
         assert near(row["usd_per_quality"], cost / q, 1e-5)
     ranking = [model for model, _ in sorted(rated.items(), key=lambda kv: kv[1][2] / kv[1][1])]
     assert [row["model"] for row in body["rows"]] == ranking
-
-
-def test_a_bad_plans_file_names_file_field_and_value(tmp_path: Path) -> None:
-    from detector.errors import ConfigError
-    from detector.reports.plans import load_plans
-
-    path = tmp_path / "plans.yaml"
-    path.write_text("plans:\n  team: {revenue_usd: 20, per: seat}\ntenants: {acme: gold}\n")
-    with pytest.raises(ConfigError) as exc:
-        load_plans(path)
-    assert (
-        str(exc.value) == f"{path}: plans.team.per: Input should be 'tenant' or 'user', got 'seat'"
-    )
-    path.write_text("plans:\n  team: {revenue_usd: 20, per: user}\ntenants: {acme: gold}\n")
-    with pytest.raises(ConfigError) as exc:
-        load_plans(path)
-    assert str(exc.value) == f"{path}: tenants.acme: unknown plan 'gold'; plans are team"

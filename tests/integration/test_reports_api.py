@@ -130,7 +130,7 @@ async def test_a_bad_plans_file_stops_the_command_and_the_api(
     done = run(["report", "margins"], settings_env(settings))
     assert done.returncode == 1
     assert done.stderr.strip() == (
-        f"error: {plans}: plans.team.revenue_usd: Input should be greater than or equal to 0, "
+        "error: plans.yaml: plans.team.revenue_usd: Input should be greater than or equal to 0, "
         "got -5"
     )
     with pytest.raises(ConfigError, match=r"plans.team.revenue_usd"):
