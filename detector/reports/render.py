@@ -20,11 +20,22 @@ def render(report: Report, output_format: str) -> str:
     return render_table(report)
 
 
-def cell_text(column: Column, value: Cell) -> str:
+def usd_decimals(values: list[Cell]) -> int:
+    """Cents when every amount of a column is at least a dollar, else hundredths of a cent.
+
+    >>> usd_decimals([12.5, 0, None]), usd_decimals([12.5, 0.0123])
+    (2, 4)
+    """
+    small = [v for v in values if isinstance(v, int | float) and 0 < abs(v) < 1]
+    return 4 if small else 2
+
+
+def cell_text(column: Column, value: Cell, decimals: int = 2) -> str:
     """One value as the table shows it.
 
-    >>> cell_text(Column("delta_usd", "", "usd"), 12.5), cell_text(Column("c", "", "usd"), 0.0123)
-    ('+12.50', '0.0123')
+    >>> usd = Column("delta_usd", "", "usd")
+    >>> cell_text(usd, 12.5), cell_text(usd, 0.0123, 4)
+    ('+12.50', '+0.0123')
     >>> cell_text(Column("n", "", "int"), 12345), cell_text(Column("n", "", "int"), None)
     ('12,345', '-')
     """
@@ -34,7 +45,7 @@ def cell_text(column: Column, value: Cell) -> str:
     if isinstance(value, str) or column.kind == "text":
         return str(value)
     if column.kind == "usd":
-        return f"{value:{signed},.2f}" if abs(value) >= 1 or value == 0 else f"{value:{signed}.4f}"
+        return f"{value:{signed},.{decimals}f}"
     if column.kind == "pct":
         return f"{value:{signed}.1f}"
     if column.kind == "ratio":
@@ -49,7 +60,11 @@ def render_table(report: Report) -> str:
         lines.append(f"compared with {report.compared_with.label()}")
     columns = report.columns
     grid = [[c.label for c in columns]]
-    grid += [[cell_text(c, row.get(c.key)) for c in columns] for row in report.rows]
+    decimals = [usd_decimals([row.get(c.key) for row in report.rows]) for c in columns]
+    grid += [
+        [cell_text(c, row.get(c.key), d) for c, d in zip(columns, decimals, strict=True)]
+        for row in report.rows
+    ]
     widths = [max(len(r[i]) for r in grid) for i in range(len(columns))]
     for n, row in enumerate(grid):
         cells = [
@@ -66,7 +81,7 @@ def render_table(report: Report) -> str:
         parts = []
         for key, value in report.totals.items():
             column = kinds.get(key, Column(key, key, "int" if isinstance(value, int) else "ratio"))
-            parts.append(f"{key}={cell_text(column, value)}")
+            parts.append(f"{key}={cell_text(column, value, usd_decimals([value]))}")
         lines.append("totals: " + ", ".join(parts))
     lines += [f"note: {note}" for note in report.notes]
     return "\n".join(lines)

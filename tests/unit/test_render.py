@@ -35,10 +35,10 @@ def report() -> Report:
 def test_table() -> None:
     assert render(report(), "table").splitlines() == [
         "Cost per feature: tenant acme, week 2026-W46 (2026-11-09 to 2026-11-15)",
-        "feature    cost $  change %  requests",
-        "-------  --------  --------  --------",
-        "chat     1,234.50     +12.3    12,000",
-        "a,b        0.0123         -         3",
+        "feature      cost $  change %  requests",
+        "-------  ----------  --------  --------",
+        "chat     1,234.5000     +12.3    12,000",
+        "a,b          0.0123         -         3",
         "totals: cost_usd=1,234.51, requests=12,003",
         "note: a note",
     ]
