@@ -86,7 +86,7 @@ async def build_digest(
     title = "Daily" if kind == "daily" else "Weekly"
     lines = [
         f"*{title} spend digest, {period.label()}*, all tenants (UTC)",
-        f"Total {_usd(t['cost_usd'])} ({_change(total)} vs {_label(deltas.compared_with)}), "
+        f"Total {_usd(t['cost_usd'])}, {_change(total)} vs {_label(deltas.compared_with)}; "
         f"{t['requests']:,} requests, {t['active_users']:,} active users, "
         f"{_usd(t['cost_per_active_user_usd'])} per active user",
         "*Top tenants:* " + _list(top, "tenant", lambda r: f"{r['entity_id']} "
@@ -100,7 +100,7 @@ async def build_digest(
         "*Features:* " + ", ".join(
             f"{r['feature']} {_usd(r['cost_usd'])}" for r in features.rows[:DIGEST_TOP]
         ),
-        "*Biggest changes:* " + ", ".join(
+        "*Biggest changes:* " + "; ".join(
             f"{r['dimension']} {r['entity_id']} {_change(r)}"
             for r in sorted((r for r in deltas.rows if r["dimension"] != "total"),
                             key=lambda r: -abs(_num(r["delta_usd"])))[:DIGEST_TOP]
@@ -111,8 +111,9 @@ async def build_digest(
         economics = await margins(query("margins", month), reader, plans)
         flagged = [r for r in economics.rows if r["level"] == "tenant"
                    and r["status"] == "unprofitable"]  # fmt: skip
+        basis = "actual" if month.complete else "projected to its end"
         lines.append(
-            f"*Unprofitable tenants ({month.label()}, projected):* "
+            f"*Unprofitable tenants ({month.label()}, {basis}):* "
             + (", ".join(f"{r['tenant_id']} margin {_usd(r['margin_usd'])}" for r in flagged)
                or "none")
         )  # fmt: skip
@@ -133,14 +134,21 @@ def _num(value: Cell) -> float:
 
 
 def _usd(value: Cell) -> str:
-    return "-" if value is None else f"${_num(value):,.2f}"
+    """Dollars for a digest line.
+
+    >>> _usd(-25.061), _usd(1234.5), _usd(None)
+    ('-$25.06', '$1,234.50', '-')
+    """
+    if value is None:
+        return "-"
+    amount = _num(value)
+    return f"{'-' if amount < 0 else ''}${abs(amount):,.2f}"
 
 
 def _change(row: dict[str, Cell]) -> str:
     delta = _num(row["delta_usd"])
-    sign = "+" if delta >= 0 else "-"
-    share = "" if row["delta_pct"] is None else f", {_num(row['delta_pct']):+.1f}%"
-    return f"{sign}${abs(delta):,.2f}{share}"
+    share = "" if row["delta_pct"] is None else f" ({_num(row['delta_pct']):+.1f}%)"
+    return f"{'+' if delta >= 0 else ''}{_usd(delta)}{share}"
 
 
 def _list(report: Report, dimension: str, show: Callable[[dict[str, Cell]], str]) -> str:

@@ -76,7 +76,7 @@ def check_numbers(text: str, events: list[Expected], period: set[date]) -> None:
         assert abs(money(rf"{tenant} \$([\d,.]+) \(", text) - cost) < 0.005
     last_week = {d - timedelta(days=7) for d in period}
     before = sum(e.cost for e in select(events, last_week, None))
-    change = money(r"Total \$[\d,.]+ \([+-]\$([\d,.]+)", text)
+    change = money(r"Total \$[\d,.]+, [+-]\$([\d,.]+)", text)
     assert abs(change - abs(sum(e.cost for e in picked) - before)) < 0.005
 
 
