@@ -277,6 +277,19 @@ def report(
     typer.echo(render(body, output_format), nl=output_format != "csv")
 
 
+@app.command()
+def digest(
+    kind: Annotated[str, typer.Argument(help="daily or weekly")],
+    at: Annotated[str, typer.Option(help="A date in the period, YYYY-MM-DD; default: the "
+                                    "one due now (yesterday, last week).")] = "",
+) -> None:  # fmt: skip
+    """Print the Slack digest of a day or week, without sending it."""
+    from detector.reports.digest import preview_digest
+
+    now = time.time_ns() // 1_000_000
+    typer.echo(asyncio.run(preview_digest(_settings(), kind, at, now)))
+
+
 def main() -> None:
     try:
         app(standalone_mode=False)

@@ -177,6 +177,28 @@ def digest_alert(digest: Digest, now_ms: int) -> Alert:
     )
 
 
+async def preview_digest(settings: Settings, kind: str, at: str, now_ms: int) -> str:
+    """The text of a digest without sending it: the one due now, or the period holding `at`."""
+    from detector.errors import ConfigError
+    from detector.reports.periods import resolve_period
+
+    if kind not in DIGEST_KINDS:
+        raise ConfigError(f"KIND must be daily or weekly, got {kind!r}")
+    period = due_period(DIGEST_KINDS[kind], now_ms, settings.digest_delay_s)
+    if at:
+        try:
+            period = resolve_period(DIGEST_KINDS[kind].value, at, now_ms)
+        except ValueError as exc:
+            raise ConfigError(f"--{exc}") from None
+    plans = plans_of(settings)
+    redis = Redis.from_url(settings.redis_url)
+    try:
+        reader = RollupReader(redis, WindowStore(redis, settings.dedup_horizon_s))
+        return (await build_digest(kind, period, reader, plans, now_ms)).text
+    finally:
+        await redis.aclose()
+
+
 class DigestSender:
     """Sends each due digest once across all workers; `tick` is called on the worker's timer."""
 

@@ -20,8 +20,9 @@ from detector.reports.periods import day_ms
 from detector.schemas import Alert
 from detector.slack_stub import SlackStub
 
-from .conftest import WorkerStarter
+from .conftest import WorkerStarter, settings_env
 from .report_events import Expected, calendar, generate, raw, select
+from .test_cli import run
 
 
 class Recorder:
@@ -88,28 +89,43 @@ async def test_each_digest_once_however_many_checks(
     settings = settings_factory(digest_delay_s=0, digests="daily,weekly")
     sink = Recorder(failures=1)
     senders = [DigestSender(settings, sink) for _ in range(3)]
-    # The first send fails: the claim stays a lease, and nobody sends until it expires.
-    first = await asyncio.gather(*(s.tick(now_ms) for s in senders))
-    assert sorted(k for sent in first for k in sent) == ["weekly"]
-    yesterday = today - timedelta(days=1)
-    claim = keys.digest_claim_key("daily", day_ms(yesterday))
-    assert await claim_state(redis, claim) == "sending"
-    assert 0 < await redis.pttl(claim) <= 300_000
-    for _ in range(3):
-        assert [await s.tick(now_ms) for s in senders] == [[], [], []]
-    await redis.pexpire(claim, 1)  # as if the lease ran out
-    await asyncio.sleep(0.05)
-    again = await asyncio.gather(*(s.tick(now_ms) for s in senders))
-    assert sorted(k for sent in again for k in sent) == ["daily"]
-    assert await claim_state(redis, claim) == "sent"
-    assert [a.rule_id for a in sink.alerts] == ["weekly-digest", "daily-digest"]
-    weekly, daily = sink.alerts
-    check_numbers(daily.message, events, {yesterday})
+    try:
+        await sends_each_once(redis, senders, sink, today, now_ms)
+    finally:
+        for s in senders:
+            await s.close()
+    by_kind = {a.rule_id: a for a in sink.alerts}
+    daily, weekly = by_kind["daily-digest"], by_kind["weekly-digest"]
+    check_numbers(daily.message, events, {today - timedelta(days=1)})
     monday = today - timedelta(days=today.weekday())
     check_numbers(weekly.message, events, calendar("week", monday - timedelta(days=7), today))
     assert daily.kind.value == "digest" and daily.window == "day"
-    for s in senders:
-        await s.close()
+
+
+async def sends_each_once(
+    redis: Redis, senders: list[DigestSender], sink: Recorder, today: date, now_ms: int
+) -> None:
+    claims = {
+        "daily": keys.digest_claim_key("daily", day_ms(today - timedelta(days=1))),
+        "weekly": keys.digest_claim_key(
+            "weekly", day_ms(today - timedelta(days=today.weekday() + 7))
+        ),
+    }
+    # The first send fails: its claim stays a lease, and nobody sends it until that expires.
+    first = await asyncio.gather(*(s.tick(now_ms) for s in senders))
+    [sent] = [k for kinds in first for k in kinds]
+    [failed] = set(claims) - {sent}
+    assert await claim_state(redis, claims[sent]) == "sent"
+    assert await claim_state(redis, claims[failed]) == "sending"
+    assert 0 < await redis.pttl(claims[failed]) <= 300_000
+    for _ in range(3):
+        assert [await s.tick(now_ms) for s in senders] == [[], [], []]
+    await redis.pexpire(claims[failed], 1)  # as if the lease ran out
+    await asyncio.sleep(0.05)
+    again = await asyncio.gather(*(s.tick(now_ms) for s in senders))
+    assert [k for kinds in again for k in kinds] == [failed]
+    assert await claim_state(redis, claims[failed]) == "sent"
+    assert sorted(a.rule_id for a in sink.alerts) == ["daily-digest", "weekly-digest"]
 
 
 @pytest.mark.timeout(150)
@@ -135,3 +151,19 @@ async def test_two_workers_send_each_digest_once_to_slack(
     check_numbers(daily, events, {today - timedelta(days=1)})
     monday = today - timedelta(days=today.weekday())
     check_numbers(weekly, events, calendar("week", monday - timedelta(days=7), today))
+
+
+async def test_digest_command_prints_the_due_digest(
+    settings_factory: Callable[..., Settings], history: tuple[list[Expected], date, int]
+) -> None:
+    events, today, _ = history
+    env = settings_env(settings_factory())
+    done = run(["digest", "daily"], env)
+    assert done.returncode == 0, done.stderr
+    yesterday = today - timedelta(days=1)
+    assert done.stdout.startswith(f"*Daily spend digest, day {yesterday}*")
+    check_numbers(done.stdout, events, {yesterday})
+    done = run(["digest", "monthly"], env)
+    assert (done.returncode, done.stderr.strip()) == (
+        1, "error: KIND must be daily or weekly, got 'monthly'"
+    )  # fmt: skip
