@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import signal
 import time
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
@@ -17,10 +18,11 @@ from detector.errors import SinkError
 from detector.pipeline import Deps, handle_batch
 from detector.reports.digest import DigestSender
 from detector.reports.periods import day_ms
-from detector.schemas import Alert
+from detector.schemas import Alert, Scope
 from detector.slack_stub import SlackStub
+from detector.windows.counters import WindowStore
 
-from .conftest import WorkerStarter, settings_env
+from .conftest import WorkerStarter, produce, settings_env
 from .report_events import Expected, calendar, generate, raw, select
 from .test_cli import run
 
@@ -128,12 +130,31 @@ async def sends_each_once(
     assert sorted(a.rule_id for a in sink.alerts) == ["daily-digest", "weekly-digest"]
 
 
-@pytest.mark.timeout(150)
-async def test_two_workers_send_each_digest_once_to_slack(
-    kafka_topics: Settings, slack_stub: SlackStub, worker_factory: WorkerStarter,
-    history: tuple[list[Expected], date, int],
-) -> None:  # fmt: skip
-    events, today, _ = history
+@pytest.mark.timeout(200)
+async def test_events_through_kafka_and_a_worker_then_two_workers_send_each_digest_once(
+    redis: Redis, kafka_topics: Settings, slack_stub: SlackStub, worker_factory: WorkerStarter
+) -> None:
+    """The whole chain: events on Kafka, counted by a worker, digests from two others."""
+    now_ms = time.time_ns() // 1_000_000
+    events = generate(now_ms, 900, days_back=16, seed=4)
+    keyed = raw(events)
+    await produce(kafka_topics, [v for _, v in keyed], [k for k, _ in keyed])
+    kafka_topics.rules.write_text("rules: []\n")
+    counter, log_path = await worker_factory(kafka_topics, "counter")
+    store = WindowStore(redis, 3600)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        [m] = await store.read_windows(
+            [(keys.GLOBAL_TENANT, Scope.global_, "all", "30d")], time.time_ns() // 1_000_000
+        )
+        if m["requests"] >= len(events):
+            break
+        assert counter.returncode is None, log_path.read_text()[-2000:]
+        await asyncio.sleep(0.5)
+    assert m["requests"] == len(events)
+    counter.send_signal(signal.SIGTERM)
+    await counter.wait()
+
     settings = kafka_topics.model_copy(
         update={"digest_delay_s": 0, "digest_check_s": 1.0, "digests": "daily,weekly"}
     )
@@ -148,6 +169,7 @@ async def test_two_workers_send_each_digest_once_to_slack(
     assert len(texts) == 2, texts
     daily, weekly = texts
     assert "Daily spend digest" in daily and "Weekly spend digest" in weekly
+    today = datetime.fromtimestamp(now_ms / 1000, tz=UTC).date()
     check_numbers(daily, events, {today - timedelta(days=1)})
     monday = today - timedelta(days=today.weekday())
     check_numbers(weekly, events, calendar("week", monday - timedelta(days=7), today))
