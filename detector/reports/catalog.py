@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable
 
-from detector.reports import attribution, economics
+from detector.reports import attribution, deltas, economics
 from detector.reports.model import Query, Report
 from detector.reports.periods import resolve_period
 from detector.reports.plans import Plans
@@ -29,7 +29,7 @@ REPORTS: dict[str, Builder] = {
     "cost-by-feature": _plain(attribution.cost_by_feature),
     "cost-by-model": _plain(attribution.cost_by_model),
     "top-spenders": _plain(attribution.top_spenders),
-    "week-over-week": _plain(attribution.week_over_week),
+    "week-over-week": _plain(deltas.week_over_week),
     "margins": economics.margins,
     "quality": _plain(economics.quality),
 }

@@ -25,8 +25,8 @@ from detector.reports.attribution import (
     cost_by_model,
     cost_per_user,
     top_spenders,
-    week_over_week,
 )
+from detector.reports.deltas import week_over_week
 from detector.reports.economics import margins
 from detector.reports.model import Cell, Query, Report
 from detector.reports.periods import DAY_MS, Period, PeriodKind, period_at
