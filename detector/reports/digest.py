@@ -46,6 +46,8 @@ CLAIM_LEASE_MS = 5 * 60_000  # longer than a send with its retries can take
 SENT_KEEP_MS = 40 * DAY_MS
 SEND_ATTEMPTS = 3
 DIGEST_TOP = 5
+# Ids are up to 256 characters; nine lines of at most this many stay under Slack's 3,000.
+MAX_LINE_CHARS = 300
 
 
 def due_period(kind: PeriodKind, now_ms: int, delay_s: int) -> Period:
@@ -122,7 +124,19 @@ async def build_digest(
         for r in top.rows
         if r["dimension"] == "tenant"
     ]
-    return Digest(kind, period, _num(t["cost_usd"]), "\n".join(lines), tenants)
+    return Digest(kind, period, _num(t["cost_usd"]), fit(lines), tenants)
+
+
+def fit(lines: list[str]) -> str:
+    """The lines as one text that fits a Slack section (3,000 characters), with room for the
+    sink's prefix and escaping; each line is cut at MAX_LINE_CHARS.
+
+    >>> [len(line) for line in fit(["a" * 500, "b"]).splitlines()]
+    [300, 1]
+    """
+    cut = [line if len(line) <= MAX_LINE_CHARS else line[: MAX_LINE_CHARS - 1] + "\u2026"
+           for line in lines]  # fmt: skip
+    return "\n".join(cut)
 
 
 def _label(period: Period | None) -> str:

@@ -40,7 +40,7 @@ async def margins(query: Query, reader: RollupReader, plans: Plans | None) -> Re
     tenant_costs = dict(await reader.tenants(period))
     users = await reader.ranks([(t, "user") for t in tenants], period)
     tenant_rows: list[dict[str, Cell]] = []
-    user_rows: list[dict[str, Cell]] = []
+    user_rows: dict[str, list[dict[str, Cell]]] = {}
     flagged_tenants = flagged_users = 0
     share = plans.unprofitable_share
     for tenant, rank in zip(tenants, users, strict=True):
@@ -77,7 +77,7 @@ async def margins(query: Query, reader: RollupReader, plans: Plans | None) -> Re
             per_user.append((margin, user, user_cost, user_projected, user_status))
         per_user.sort(key=lambda u: (u[0], u[1]))
         for margin, user, user_cost, user_projected, user_status in per_user[: query.top]:
-            user_rows.append(
+            user_rows.setdefault(tenant, []).append(
                 {"level": "user", "tenant_id": tenant, "user_id": user, "plan": name,
                  "revenue_usd": usd(user_revenue), "cost_usd": usd(user_cost),
                  "projected_cost_usd": usd(user_projected), "margin_usd": usd(margin),
@@ -101,7 +101,8 @@ async def margins(query: Query, reader: RollupReader, plans: Plans | None) -> Re
             Column("margin_pct", "margin %", "pct"),
             Column("status", "status", "text"),
         ),
-        rows=tenant_rows + user_rows,
+        # each tenant's users follow the tenants, in the tenants' order (worst margin first)
+        rows=tenant_rows + [u for t in tenant_rows for u in user_rows.get(str(t["tenant_id"]), [])],
         totals={
             "unprofitable_tenants": flagged_tenants,
             "unprofitable_users": flagged_users,
@@ -113,7 +114,7 @@ async def margins(query: Query, reader: RollupReader, plans: Plans | None) -> Re
             "projected $: cost so far x calendar days / elapsed days (the cost itself for a "
             "finished month)",
             "a user's revenue is the plan's price per user, or the tenant's price shared "
-            "equally by its active users",
+            "equally by its active users; per-user plans count the users active so far",
             f"user rows: each tenant's {query.top} lowest margins",
         ],
     )
