@@ -169,8 +169,13 @@ async def test_week_over_week(world: tuple[Reports, list[Expected], date]) -> No
         assert near(total["previous_usd"], sum(e.cost for e in then))
         fields = {"feature": "feature", "model": "model", "user": "user_id",
                   "api_key": "api_key_id"}  # fmt: skip
+        if tenant is None:
+            fields["tenant"] = "tenant_id"
+        else:
+            assert not [row for row in body["rows"] if row["dimension"] == "tenant"]
         for dimension, field in fields.items():
-            keys = (field,) if dimension in ("feature", "model") else ("tenant_id", field)
+            by_name = dimension in ("feature", "model", "tenant")
+            keys = (field,) if by_name else ("tenant_id", field)
             a, b = cost_by(now, *keys), cost_by(then, *keys)
             deltas = sorted((abs(a.get(k, 0) - b.get(k, 0)) for k in set(a) | set(b)),
                             reverse=True)  # fmt: skip
