@@ -51,6 +51,14 @@ class Settings(BaseSettings):
     api_cache_max_age_s: float = Field(default=10.0, ge=0, le=3600)
     api_cache_max_entries: int = Field(default=500_000, ge=1000)
 
+    # Reports: the plans file of the unit-economics report, and the Slack digests the worker
+    # sends once per period (`daily`, `weekly` or both; none unless asked for), this long after
+    # the period ends so that late events are in.
+    plans_file: Path | None = None
+    digests: str = ""
+    digest_delay_s: int = Field(default=900, ge=0, le=86_400)
+    digest_check_s: float = Field(default=60.0, gt=0, le=3600)
+
     log_level: str = "INFO"
 
     @field_validator("kafka_bootstrap")
@@ -68,6 +76,15 @@ class Settings(BaseSettings):
         if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("expected redis://host:port/db")
         return value
+
+    @field_validator("digests")
+    @classmethod
+    def _check_digests(cls, value: str) -> str:
+        kinds = [part.strip() for part in value.split(",") if part.strip()]
+        unknown = [kind for kind in kinds if kind not in ("daily", "weekly")]
+        if unknown:
+            raise ValueError(f"expected daily, weekly or both, comma-separated; got {unknown[0]!r}")
+        return ",".join(kinds)
 
     @field_validator("log_level")
     @classmethod

@@ -44,6 +44,20 @@ def quality_key(tenant: str, day_start_ms: int) -> str:
     return f"det:quality:{_tag(tenant)}:{day_start_ms}"
 
 
+def report_scratch_key(tenant: str, token: str) -> str:
+    """Short-lived union of a report's daily rank sets, in the tenant's slot like its sources.
+
+    >>> report_scratch_key("acme", "f00d")
+    'det:tmp:{t:acme}:f00d'
+    """
+    return f"det:tmp:{_tag(tenant)}:{token}"
+
+
+def digest_claim_key(kind: str, period_start_ms: int) -> str:
+    """Claim that one worker sends (or sent) the digest of one period, so it goes out once."""
+    return f"det:digest:{_tag(GLOBAL_TENANT)}:{kind}:{period_start_ms}"
+
+
 def seen_key(tenant: str, event_id: str) -> str:
     """Marker that one event id was already applied (idempotency)."""
     return f"det:seen:{_tag(tenant)}:{event_id}"

@@ -31,6 +31,7 @@ from detector.decisions.store import DecisionStore
 from detector.errors import SinkError
 from detector.pipeline import Deps, handle_batch
 from detector.pricing import PriceTable
+from detector.reports.digest import DigestSender
 from detector.rules.holder import RulesHolder
 from detector.schemas import Alert
 from detector.sinks.base import Sink
@@ -83,6 +84,17 @@ def build_app(settings: Settings, rules: RulesHolder, prices: PriceTable) -> Any
     @app.timer(interval=2.0)  # type: ignore[untyped-decorator]
     async def reload_rules() -> None:
         rules.reload_if_changed()
+
+    digests = DigestSender(settings)  # reads the plans file now: a bad one stops the worker
+    if digests.enabled:
+
+        @app.timer(interval=settings.digest_check_s)  # type: ignore[untyped-decorator]
+        async def send_digests() -> None:
+            # Every worker checks; a Redis claim per period makes exactly one of them send.
+            try:
+                await digests.tick(now_ms())
+            except Exception:  # a failed check must not stop the timer; the next one retries
+                log.exception("digest check failed")
 
     @app.task  # type: ignore[untyped-decorator]
     async def reload_on_sighup() -> None:

@@ -11,7 +11,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import BlockingConnectionPool, Redis
 
-from detector.api import admin, reserve, routes
+from detector.api import admin, reports, reserve, routes
 from detector.api.openapi import OPENAPI
 from detector.api.state import ApiState, Forbidden
 from detector.config import Settings
@@ -79,6 +79,7 @@ def create_app(settings: Settings, redis: Redis | None = None) -> web.Applicatio
     app.router.add_post("/v1/decision/batch", routes.post_decision_batch)
     app.router.add_post("/v1/reserve", reserve.post_reserve)
     app.router.add_get("/v1/spend", routes.get_spend)
+    reports.setup(app, settings)
     app.router.add_get("/healthz", routes.healthz)
     app.router.add_get("/readyz", routes.readyz)
     app.router.add_post("/v1/admin/overrides", admin.post_override)
