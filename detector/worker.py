@@ -28,14 +28,14 @@ from redis.exceptions import RedisError
 from detector import keys
 from detector.config import Settings
 from detector.decisions.store import DecisionStore
-from detector.errors import SinkError
 from detector.pipeline import Deps, handle_batch
 from detector.pricing import PriceTable
 from detector.rules.holder import RulesHolder
 from detector.schemas import Alert
-from detector.sinks.base import Sink
 from detector.sinks.kafka import KafkaSink
-from detector.sinks.slack import RetryableSinkError, make_sink
+from detector.sinks.notifier import Notifier
+from detector.sinks.slack import SlackClient
+from detector.sinks.slack_format import render_text
 from detector.windows.counters import WindowStore
 
 log = logging.getLogger("detector.worker")
@@ -63,22 +63,14 @@ def build_app(settings: Settings, rules: RulesHolder, prices: PriceTable) -> Any
         broker_session_timeout=6.0,
         broker_heartbeat_interval=2.0,
     )
-    alerts_topic = app.topic(
-        settings.topic(keys.TOPIC_ALERTS), value_serializer="raw", key_serializer="raw"
-    )
 
     @app.task  # type: ignore[untyped-decorator]
     async def consume_events() -> None:
         await EventsConsumer(settings, rules, prices).run()
 
-    @app.agent(alerts_topic)
-    async def notify(stream: Any) -> None:
-        sink = make_sink(settings)
-        try:
-            async for raw in stream:
-                await deliver(sink, raw)
-        finally:
-            await sink.close()
+    @app.task  # type: ignore[untyped-decorator]
+    async def notify() -> None:
+        await AlertsConsumer(settings, rules).run()
 
     @app.timer(interval=2.0)  # type: ignore[untyped-decorator]
     async def reload_rules() -> None:
@@ -92,31 +84,95 @@ def build_app(settings: Settings, rules: RulesHolder, prices: PriceTable) -> Any
     return app
 
 
-async def deliver(sink: Sink, raw: bytes) -> None:
-    """Deliver one alert from the outbox, retrying with backoff until Slack takes it."""
-    try:
-        alert = Alert.model_validate_json(raw)
-    except ValueError:
-        log.error("alerts topic holds a message that is not an alert; skipped: %r", raw[:200])
-        return
-    delay_s = 0.5
-    while True:
+class AlertsConsumer:
+    """Reads the llm.cost.alerts outbox in batches and hands them to the Slack notifier.
+
+    Offsets are committed only after the notifier has recorded every alert of the batch in
+    Redis, so a notifier that dies re-reads them and its records say which were posted. Without
+    a Slack setting alerts are logged and stay on the topic.
+    """
+
+    def __init__(self, settings: Settings, rules: RulesHolder) -> None:
+        self.settings = settings
+        self.rules = rules
+
+    def _cooldown_s(self, rule_id: str) -> int | None:
+        for rule in self.rules().rules:
+            if rule.id == rule_id:
+                return rule.cooldown_s
+        return None
+
+    async def run(self) -> None:
+        settings = self.settings
+        if settings.slack_webhook_url is None and settings.slack_bot_token is None:
+            log.info("no Slack setting: alerts are logged and kept on the alerts topic")
+        redis = Redis.from_url(settings.redis_url)
+        notifier = None
+        if settings.slack_webhook_url is not None or settings.slack_bot_token is not None:
+            notifier = Notifier(settings, SlackClient(settings), redis, self._cooldown_s)
+        consumer = AIOKafkaConsumer(
+            settings.topic(keys.TOPIC_ALERTS),
+            bootstrap_servers=settings.kafka_bootstrap,
+            group_id=f"{settings.consumer_group}.alerts",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            client_id="detector-notifier",
+            session_timeout_ms=6000,
+            heartbeat_interval_ms=2000,
+            # Slack's retries can hold a batch for minutes; the group must not evict us for it.
+            max_poll_interval_ms=3_600_000,
+        )
+        await consumer.start()
+        scanner = asyncio.create_task(self._scan(notifier)) if notifier is not None else None
         try:
-            await sink.send_alert(alert)
-            return
-        except RetryableSinkError as exc:
-            wait_s = exc.retry_after_s if exc.retry_after_s is not None else delay_s
-            log.warning(
-                "alert %s not delivered (%s); retrying in %.1fs", alert.alert_id, exc, wait_s
-            )
-            await asyncio.sleep(wait_s)
-        except SinkError as exc:
-            # Slack refused the message itself (bad channel, bad token): retrying cannot help.
-            log.error(
-                "alert %s refused by the sink, kept on the alerts topic: %s", alert.alert_id, exc
-            )
-            return
-        delay_s = min(delay_s * 2, RETRY_MAX_S)
+            while True:
+                polled = await consumer.getmany(timeout_ms=500, max_records=500)
+                records = [r for batch in polled.values() for r in batch]
+                if not records:
+                    continue
+                alerts = _parse_alerts(records)
+                if notifier is None:
+                    for alert in alerts:
+                        log.warning("ALERT %s", render_text(alert))
+                else:
+                    await self._deliver(notifier, alerts)
+                await _commit(consumer, polled)
+        finally:
+            if scanner is not None:
+                scanner.cancel()
+            await consumer.stop()
+            await redis.aclose()
+
+    async def _deliver(self, notifier: Notifier, alerts: list[Alert]) -> None:
+        delay_s = 0.5
+        while True:
+            try:
+                await notifier.deliver_batch(alerts)
+                return
+            except (RedisError, OSError) as exc:
+                log.warning("alerts held, Redis unreachable (%r); retry in %.1fs", exc, delay_s)
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, RETRY_MAX_S)
+
+    async def _scan(self, notifier: Notifier) -> None:
+        while True:
+            await asyncio.sleep(self.settings.slack_scan_interval_s)
+            try:
+                await notifier.scan()
+            except (RedisError, OSError) as exc:
+                log.warning("Slack follow-ups skipped this round: %r", exc)
+            except Exception:
+                log.exception("Slack follow-ups failed this round")
+
+
+def _parse_alerts(records: Sequence[ConsumerRecord[Any, Any]]) -> list[Alert]:
+    alerts = []
+    for r in records:
+        try:
+            alerts.append(Alert.model_validate_json(r.value))
+        except ValueError:
+            log.error("%s[%s]@%s is not an alert; skipped", r.topic, r.partition, r.offset)
+    return alerts
 
 
 class EventsConsumer:
