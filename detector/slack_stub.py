@@ -24,7 +24,8 @@ class SlackStub:
 
     `fail_cycle` (status codes, 200 meaning success) is applied to requests in turn once
     `fail_next` is empty; `post_then_fail` queues statuses answered after a post was recorded
-    (the post landed, the client cannot know); `delay_s` slows every answer.
+    (the post landed, the client cannot know), and `post_then_fail_every` does that to every
+    n-th post; `delay_s` slows every answer.
     """
 
     def __init__(self) -> None:
@@ -33,6 +34,7 @@ class SlackStub:
         self.fail_next: deque[int] = deque()
         self.fail_cycle: list[int] = []
         self.post_then_fail: deque[int] = deque()
+        self.post_then_fail_every = 0
         self.retry_after_s = 1
         self.delay_s = 0.0
         self.requests = 0
@@ -141,6 +143,8 @@ class SlackStub:
         self.messages.append(body)
         if self.post_then_fail:
             return self._error(self.post_then_fail.popleft())
+        if self.post_then_fail_every and len(self.messages) % self.post_then_fail_every == 0:
+            return self._error(500)
         return web.json_response({"ok": True, "channel": body["channel_id"], "ts": body["ts"]})
 
     async def _update(self, request: web.Request) -> web.Response:

@@ -129,6 +129,19 @@ class Notifier:
         await self.state.learn_channel_id(channel, posted.channel)
         return posted
 
+    async def _update(self, channel: str, ts: str, text: str, blocks: list[Block]) -> None:
+        """Replace a message's content, retrying as a post does (an update is idempotent)."""
+        delay_s = 0.5
+        while True:
+            try:
+                await self.client.update_message(channel, ts, text, blocks)
+                return
+            except RetryableSinkError as exc:
+                wait_s = exc.retry_after_s if exc.retry_after_s is not None else delay_s
+                log.warning("Slack update of %s failed (%s); retrying in %.1fs", ts, exc, wait_s)
+                await asyncio.sleep(wait_s)
+                delay_s = min(delay_s * 2, RETRY_MAX_S)
+
     async def _record(
         self, tenant: str, message_id: str, posted: Posted, started_ms: int, thread: str | None
     ) -> None:
@@ -153,7 +166,9 @@ class Notifier:
                 delay_s = min(delay_s * 2, RETRY_MAX_S)
         if ts is None:
             return None
-        log.info("Slack message %s was posted before a restart; not posting it again", message_id)
+        log.info(
+            "Slack message %s had landed (answer lost or process killed); not reposted", message_id
+        )
         return Posted(record.channel, ts)
 
     # --- the outbox ---------------------------------------------------------------------------
@@ -169,14 +184,24 @@ class Notifier:
                 seen.add(alert.alert_id)
                 fresh.append(alert)
             groups: dict[tuple[str, str], list[Alert]] = {}
+            later: list[Alert] = []  # a second alert of a (rule, entity) new in this batch
+            starting: set[tuple[str, str, str, str]] = set()
             for alert in fresh:
+                who = (alert.tenant_id, alert.rule_id, alert.scope.value, alert.entity_id)
                 thread = await self.state.thread(alert)
                 if thread is not None:
                     await self._guard(alert, self._repeat(alert, thread))
+                elif who in starting:
+                    later.append(alert)
                 else:
+                    starting.add(who)
                     groups.setdefault((alert.tenant_id, alert.rule_id), []).append(alert)
             for (tenant, rule_id), group in groups.items():
                 await self._deliver_group(tenant, rule_id, group)
+            for alert in later:
+                thread = await self.state.thread(alert)
+                step = self._post_new(alert) if thread is None else self._repeat(alert, thread)
+                await self._guard(alert, step)
 
     async def _delivered(self, alert: Alert) -> bool:
         carrier = await self.state.carrier(alert.tenant_id, alert.alert_id)
@@ -197,6 +222,8 @@ class Notifier:
         """Run one delivery step; a message Slack refuses is logged and not retried."""
         try:
             await step
+        except RetryableSinkError:
+            raise  # only raised by bugs: posts and updates retry these themselves
         except SinkError as exc:
             log.error(
                 "alert %s refused by Slack, left on the alerts topic: %s", alert.alert_id, exc
@@ -231,7 +258,7 @@ class Notifier:
         if thread.ts is not None and not thread.summary:
             # The first message shows the latest figures; updating it twice is harmless.
             blocks = render_alert(alert, await self.extras(alert), fired=fired)
-            await self.client.update_message(thread.channel, thread.ts, render_text(alert), blocks)
+            await self._update(thread.channel, thread.ts, render_text(alert), blocks)
         if thread.ts is not None:
             text, blocks = render_repeat(alert, fired)
         else:  # a webhook cannot thread: the repeat is a message of its own
@@ -262,7 +289,7 @@ class Notifier:
         window_s = self.settings.slack_burst_window_s
         members = await self.state.join_burst(tenant, rule_id, group, window_s)
         text, blocks = render_summary(members, len(members))
-        await self.client.update_message(channel, ts, text, blocks)
+        await self._update(channel, ts, text, blocks)
         await self.state.set_carriers(tenant, [a.alert_id for a in group], message_id)
         await self._open_summary_threads(group, Posted(channel, ts))
 

@@ -343,3 +343,11 @@ async def test_hostile_identifiers_exact_payload(
     assert message["text"] == (
         "WARNING rule burn: cost_usd over 1h is 31 (&gt; 25) for user " + shown.strip("`")
     )
+
+
+async def test_first_alert_and_its_repeat_in_one_batch_make_one_thread(
+    notifier_factory: NotifierFactory, slack_stub: SlackStub
+) -> None:
+    await notifier_factory().deliver_batch([make_alert(1), make_alert(2, "u2"), make_alert(3)])
+    first, second, repeat = slack_stub.messages
+    assert repeat["thread_ts"] == first["ts"] and "thread_ts" not in second
