@@ -87,6 +87,13 @@ class Settings(BaseSettings):
         parse_channel_routes(value)
         return value
 
+    @field_validator("slack_base_url")
+    @classmethod
+    def _check_slack_base_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("expected an http:// or https:// URL")
+        return value
+
     @field_validator("log_level")
     @classmethod
     def _check_log_level(cls, value: str) -> str:

@@ -34,7 +34,7 @@ from detector.rules.holder import RulesHolder
 from detector.schemas import Alert
 from detector.sinks.kafka import KafkaSink
 from detector.sinks.notifier import Notifier
-from detector.sinks.slack import SlackClient
+from detector.sinks.slack import SlackClient, slack_configured
 from detector.sinks.slack_format import render_text
 from detector.windows.counters import WindowStore
 
@@ -48,7 +48,9 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def build_app(settings: Settings, rules: RulesHolder, prices: PriceTable) -> Any:
+def build_app(
+    settings: Settings, rules: RulesHolder, prices: PriceTable, slack: SlackClient | None = None
+) -> Any:
     """The faust app with its tasks, agent and timers registered."""
     app = faust.App(
         settings.consumer_group,
@@ -70,7 +72,7 @@ def build_app(settings: Settings, rules: RulesHolder, prices: PriceTable) -> Any
 
     @app.task  # type: ignore[untyped-decorator]
     async def notify() -> None:
-        await AlertsConsumer(settings, rules).run()
+        await AlertsConsumer(settings, rules, slack).run()
 
     @app.timer(interval=2.0)  # type: ignore[untyped-decorator]
     async def reload_rules() -> None:
@@ -92,9 +94,10 @@ class AlertsConsumer:
     a Slack setting alerts are logged and stay on the topic.
     """
 
-    def __init__(self, settings: Settings, rules: RulesHolder) -> None:
+    def __init__(self, settings: Settings, rules: RulesHolder, slack: SlackClient | None) -> None:
         self.settings = settings
         self.rules = rules
+        self.slack = slack
 
     def _cooldown_s(self, rule_id: str) -> int | None:
         for rule in self.rules().rules:
@@ -104,12 +107,12 @@ class AlertsConsumer:
 
     async def run(self) -> None:
         settings = self.settings
-        if settings.slack_webhook_url is None and settings.slack_bot_token is None:
-            log.info("no Slack setting: alerts are logged and kept on the alerts topic")
         redis = Redis.from_url(settings.redis_url)
         notifier = None
-        if settings.slack_webhook_url is not None or settings.slack_bot_token is not None:
-            notifier = Notifier(settings, SlackClient(settings), redis, self._cooldown_s)
+        if self.slack is None:
+            log.info("no Slack setting: alerts are logged and kept on the alerts topic")
+        else:
+            notifier = Notifier(settings, self.slack, redis, self._cooldown_s)
         consumer = AIOKafkaConsumer(
             settings.topic(keys.TOPIC_ALERTS),
             bootstrap_servers=settings.kafka_bootstrap,
@@ -290,7 +293,9 @@ async def _commit(consumer: AIOKafkaConsumer, polled: Polled) -> None:
 def run_worker(settings: Settings, rules: RulesHolder, prices: PriceTable) -> None:
     """Run until SIGINT/SIGTERM."""
     (settings.data_dir / "faust").mkdir(parents=True, exist_ok=True)
-    app = build_app(settings, rules, prices)
+    # Slack settings are checked here, so that a bad one stops the worker before it starts.
+    slack = SlackClient(settings) if slack_configured(settings) else None
+    app = build_app(settings, rules, prices, slack)
     # faust narrates every service start and stop at INFO; our own loggers keep their level.
     loglevel = "DEBUG" if settings.log_level == "DEBUG" else "WARNING"
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)

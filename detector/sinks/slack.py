@@ -79,12 +79,20 @@ class SlackClient:
         self.default_channel = settings.slack_channel or ""
         self.routes = parse_channel_routes(settings.slack_channels)
         self.escalation_channel = settings.slack_escalation_channel
+        if settings.slack_webhook_url is not None and settings.slack_bot_token is not None:
+            raise ConfigError(
+                "DETECTOR_SLACK_WEBHOOK_URL and DETECTOR_SLACK_BOT_TOKEN are both set: set one"
+            )
         if settings.slack_webhook_url is not None:
-            if self.routes or self.escalation_channel:
-                raise ConfigError(
-                    "DETECTOR_SLACK_CHANNELS and DETECTOR_SLACK_ESCALATION_CHANNEL need "
-                    "DETECTOR_SLACK_BOT_TOKEN: an incoming webhook posts only to its own channel"
-                )
+            for name, value in (
+                ("DETECTOR_SLACK_CHANNELS", settings.slack_channels),
+                ("DETECTOR_SLACK_ESCALATION_CHANNEL", settings.slack_escalation_channel),
+            ):
+                if value:
+                    raise ConfigError(
+                        f"{name}={value!r} needs DETECTOR_SLACK_BOT_TOKEN: an incoming webhook "
+                        "posts only to its own channel"
+                    )
             url = settings.slack_webhook_url.get_secret_value()
             if settings.slack_base_url:
                 # A proxy or a test server stands in for hooks.slack.com; keep the hook's path.
@@ -286,7 +294,9 @@ def _http_error(status: int, headers: Any, body: str) -> SinkError:
     return SinkError(message)
 
 
+def slack_configured(settings: Settings) -> bool:
+    return settings.slack_webhook_url is not None or settings.slack_bot_token is not None
+
+
 def make_sink(settings: Settings) -> SlackSink | LogSink:
-    if settings.slack_webhook_url is None and settings.slack_bot_token is None:
-        return LogSink()
-    return SlackSink(settings)
+    return SlackSink(settings) if slack_configured(settings) else LogSink()

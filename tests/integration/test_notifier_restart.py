@@ -100,9 +100,7 @@ async def test_sigkill_mid_delivery_posts_every_alert_exactly_once(
     second, second_log = await worker_factory(settings, "notifier-2", **env)
 
     def posted_ids() -> Counter[str]:
-        return Counter(
-            str(m["metadata"]["event_payload"]["id"]) for m in slack_stub.messages
-        )
+        return Counter(str(m["metadata"]["event_payload"]["id"]) for m in slack_stub.messages)
 
     wanted = {a.alert_id for a in alerts}
     try:

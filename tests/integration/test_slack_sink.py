@@ -3,7 +3,9 @@ public `post_message` that digests use, error classes and the log sink."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
@@ -13,6 +15,8 @@ from detector.errors import ConfigError, SinkError
 from detector.schemas import Severity
 from detector.sinks.slack import RetryableSinkError, SlackClient
 from detector.slack_stub import SlackStub
+
+from .conftest import settings_env
 
 BLOCKS = [{"type": "section", "text": {"type": "mrkdwn", "text": "*Weekly digest*"}}]
 
@@ -88,3 +92,45 @@ def test_severity_routes_fall_back_to_the_default_channel(
 def test_bot_token_without_channel_is_refused(settings_factory: Callable[..., Settings]) -> None:
     with pytest.raises(ConfigError, match="DETECTOR_SLACK_CHANNEL is required"):
         SlackClient(settings_factory(slack_bot_token=SecretStr("xoxb-test")))
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"DETECTOR_SLACK_WEBHOOK_URL": "http://x/h", "DETECTOR_SLACK_CHANNELS": "critical=#x"},
+            "error: DETECTOR_SLACK_CHANNELS='critical=#x' needs DETECTOR_SLACK_BOT_TOKEN: an "
+            "incoming webhook posts only to its own channel",
+        ),
+        (
+            {"DETECTOR_SLACK_BOT_TOKEN": "xoxb-1", "DETECTOR_SLACK_CHANNELS": "urgent=#x"},
+            "error: bad setting: DETECTOR_SLACK_CHANNELS='urgent=#x': unknown severity 'urgent' "
+            "(expected info, warning or critical)",
+        ),
+        (
+            {"DETECTOR_SLACK_BOT_TOKEN": "xoxb-1"},
+            "error: DETECTOR_SLACK_CHANNEL is required when DETECTOR_SLACK_BOT_TOKEN is set",
+        ),
+        (
+            {"DETECTOR_SLACK_WEBHOOK_URL": "http://x/h", "DETECTOR_SLACK_BASE_URL": "localhost"},
+            "error: bad setting: DETECTOR_SLACK_BASE_URL='localhost': expected an http:// or "
+            "https:// URL",
+        ),
+    ],
+)
+async def test_bad_slack_settings_stop_the_worker_at_start(
+    settings_factory: Callable[..., Settings],
+    tmp_path: Path,
+    python: str,
+    env: dict[str, str],
+    message: str,
+) -> None:
+    (tmp_path / "rules.yaml").write_text("rules: []\n")
+    proc = await asyncio.create_subprocess_exec(
+        python, "-m", "detector", "worker",
+        env=settings_env(settings_factory(), **env),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, stderr = await asyncio.wait_for(proc.communicate(), timeout=60)
+    assert proc.returncode == 1
+    assert stderr.decode().strip().splitlines()[-1] == message
