@@ -210,12 +210,21 @@ class Notifier:
         record = await self.state.message(alert.tenant_id, carrier)
         if record is None:
             return False
-        if record.state in ("posted", "refused"):
+        if record.state == "refused":
             return True
-        found = await self._find(record, carrier)
-        if found is None:
-            return False
-        await self._record(alert.tenant_id, carrier, found, record.started_ms, record.thread_ts)
+        if record.state == "pending":
+            found = await self._find(record, carrier)
+            if found is None:
+                return False
+            await self._record(alert.tenant_id, carrier, found, record.started_ms, record.thread_ts)
+            record = MessageRecord("posted", found.channel, found.ts, record.started_ms, None)
+        if record.thread_ts is None and await self.state.thread(alert) is None:
+            # Posted, but the process died before it noted the thread: note it now, so that
+            # repeats and the resolved reply still go in this message's thread.
+            await self.state.open_thread(
+                alert, record.channel, record.ts, _until_ms(alert), self._cooldown_ms(alert),
+                self.clock(), summary=carrier != alert.alert_id,
+            )  # fmt: skip
         return True
 
     async def _guard(self, alert: Alert, step: Any) -> None:

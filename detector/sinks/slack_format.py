@@ -83,12 +83,13 @@ def ident(text: str, max_chars: int = IDENT_MAX_CHARS) -> str:
     >>> ident("<!here> *x*")
     '`&lt;!here&gt; *x*`'
     """
-    return f"`{escape(visible(clip(text, max_chars)))}`"
+    # Cut what will be shown (escapes included), then escape, so no entity is cut in half.
+    return f"`{escape(clip(visible(text), max_chars))}`"
 
 
 def free_text(text: str, max_chars: int = SECTION_MAX_CHARS) -> str:
     """Free text (an alert's message) made safe for mrkdwn and cut to fit."""
-    return escape(visible(clip(text, max_chars)))
+    return escape(clip(visible(text), max_chars))
 
 
 def number(value: float) -> str:
