@@ -306,6 +306,24 @@ def render_resolved(
     return plain, [{"type": "section", "text": {"type": "mrkdwn", "text": text}}]
 
 
+def render_resolved_many(
+    ended: Sequence[tuple[str, str, str, str]], at: str
+) -> tuple[str, list[Block]]:
+    """One reply for several entities of a burst whose decisions ended: (scope, id, action, how)."""
+    lines = [
+        f"• {scope} {ident(entity)}: {action} {how}"
+        for scope, entity, action, how in ended[:SUMMARY_MAX_LINES]
+    ]
+    if len(ended) > len(lines):
+        lines.append(f"…and {len(ended) - len(lines)} more")
+    head = f":white_check_mark: Resolved for {len(ended)} entities at {at}"
+    blocks: list[Block] = [
+        {"type": "section", "text": {"type": "mrkdwn", "text": head}},
+        {"type": "section", "text": {"type": "mrkdwn", "text": _fit("\n".join(lines))}},
+    ]
+    return f"resolved for {len(ended)} entities", blocks
+
+
 def render_escalation(
     alert: Alert, extras: Extras | None, delay_s: int, link: str | None
 ) -> tuple[str, list[Block]]:

@@ -398,3 +398,21 @@ async def test_very_long_identifier_is_cut_with_its_length(
         ":warning: *WARNING* rule `burn`: user `" + "k" * 79 + "… (256 chars)` in tenant `acme`"
     )
     assert "&lt;!here&gt;" in message["text"] and "<" not in message["text"]
+
+
+async def test_burst_entities_ending_together_get_one_resolved_reply(
+    notifier_factory: NotifierFactory, slack_stub: SlackStub, redis: Redis
+) -> None:
+    notifier = notifier_factory(slack_burst_min=5)
+    until = now_ms() + 1500
+    alerts = [make_alert(i, f"u{i}", until_ms=until) for i in range(6)]
+    await DecisionStore(redis).save([decision_for(a, until) for a in alerts], now_ms())
+    await notifier.deliver_batch(alerts)
+    await asyncio.sleep(1.7)
+    await notifier.scan()
+    await notifier.scan()
+    summary, resolved = slack_stub.messages
+    assert resolved["thread_ts"] == summary["ts"]
+    assert resolved["text"] == "resolved for 6 entities"
+    lines = resolved["blocks"][1]["text"]["text"].splitlines()
+    assert sorted(lines) == [f"• user `u{i}`: block expired" for i in range(6)]
