@@ -35,6 +35,7 @@ class SlackStub:
         self.fail_cycle: list[int] = []
         self.post_then_fail: deque[int] = deque()
         self.post_then_fail_every = 0
+        self.refuse_channels: set[str] = set()  # answered ok=false, channel_not_found
         self.retry_after_s = 1
         self.delay_s = 0.0
         self.requests = 0
@@ -135,6 +136,8 @@ class SlackStub:
         if failure is not None:
             return failure
         body = await self._body(request)
+        if body.get("channel") in self.refuse_channels:
+            return web.json_response({"ok": False, "error": "channel_not_found"})
         body["_auth"] = request.headers.get("Authorization", "")
         # Slack's ts: epoch seconds with microseconds, unique and increasing in a channel.
         self._ts = max(self._ts + 1, time.time_ns() // 1000)

@@ -25,8 +25,10 @@ from detector.sinks.followups import FollowUps
 from detector.sinks.slack import Posted, RetryableSinkError, SlackClient
 from detector.sinks.slack_delivery import OncePoster, now_ms
 from detector.sinks.slack_format import (
+    Block,
     Extras,
     enforced,
+    escape,
     render_alert,
     render_repeat,
     render_summary,
@@ -149,13 +151,41 @@ class Notifier:
     async def _post_new(self, alert: Alert) -> None:
         channel = self.client.channel_for(alert.severity)
         extras = await self.extras(alert)
-        await self.state.set_carriers(alert.tenant_id, [alert.alert_id], alert.alert_id)
         text, blocks = render_text(alert), render_alert(alert, extras)
-        posted = await self.post_once(alert.tenant_id, alert.alert_id, channel, text, blocks)
+        posted = await self._post_routed(
+            alert.tenant_id, alert.alert_id, [alert.alert_id], channel, text, blocks
+        )
         until_ms, cooldown_ms = _until_ms(alert), self._cooldown_ms(alert)
         await self.state.open_thread(
             alert, posted.channel, posted.ts, until_ms, cooldown_ms, self.clock()
         )
+
+    async def _post_routed(
+        self,
+        tenant: str,
+        message_id: str,
+        alert_ids: list[str],
+        channel: str,
+        text: str,
+        blocks: list[Block],
+    ) -> Posted:
+        """Post to a severity's channel; if Slack refuses that channel, to the default one."""
+        await self.state.set_carriers(tenant, alert_ids, message_id)
+        try:
+            return await self.post_once(tenant, message_id, channel, text, blocks)
+        except RetryableSinkError:
+            raise
+        except SinkError as exc:
+            default = self.client.default_channel
+            if not self.client.threads or channel == default:
+                raise
+            log.error("Slack refused %s in %s (%s); posting it in %s", message_id, channel, exc,
+                      default)  # fmt: skip
+            fallback_id = f"{message_id}-fallback"
+            await self.state.set_carriers(tenant, alert_ids, fallback_id)
+            note = f"Posted here because {escape(channel)} refused it: {escape(str(exc)[:200])}"
+            blocks = [*blocks, {"type": "context", "elements": [{"type": "mrkdwn", "text": note}]}]
+            return await self.post_once(tenant, fallback_id, default, text, blocks)
 
     async def _repeat(self, alert: Alert, thread: Thread) -> None:
         fired = thread.fired + 1
@@ -175,12 +205,11 @@ class Notifier:
 
     async def _post_summary(self, tenant: str, rule_id: str, group: list[Alert]) -> None:
         message_id = f"burst-{group[0].alert_id}"
-        await self.state.set_carriers(tenant, [a.alert_id for a in group], message_id)
         worst = max(group, key=lambda a: list(Severity).index(a.severity))
         text, blocks = render_summary(group, len(group))
-        posted = await self.post_once(
-            tenant, message_id, self.client.channel_for(worst.severity), text, blocks
-        )
+        channel = self.client.channel_for(worst.severity)
+        ids = [a.alert_id for a in group]
+        posted = await self._post_routed(tenant, message_id, ids, channel, text, blocks)
         window_s = self.settings.slack_burst_window_s
         if posted.ts is not None:
             burst = (posted.channel, posted.ts, message_id)

@@ -239,9 +239,9 @@ class SlackClient:
         try:
             resp = await method(**kwargs)
         except SlackApiError as exc:
-            raise _http_error(
-                exc.response.status_code, exc.response.headers, str(exc.response.data)
-            ) from exc
+            body = exc.response.data
+            said = str(body.get("error")) if isinstance(body, dict) else str(body)
+            raise _http_error(exc.response.status_code, exc.response.headers, said) from exc
         except (TimeoutError, OSError, ClientError, SlackClientError, ValueError) as exc:
             # The request may have reached Slack before the failure: its fate is unknown.
             raise RetryableSinkError(f"slack API unreachable: {exc!r}", None, True) from exc

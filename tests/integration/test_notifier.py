@@ -416,3 +416,20 @@ async def test_burst_entities_ending_together_get_one_resolved_reply(
     assert resolved["text"] == "resolved for 6 entities"
     lines = resolved["blocks"][1]["text"]["text"].splitlines()
     assert sorted(lines) == [f"• user `u{i}`: block expired" for i in range(6)]
+
+
+async def test_a_refused_severity_channel_falls_back_to_the_default_once(
+    notifier_factory: NotifierFactory, slack_stub: SlackStub
+) -> None:
+    slack_stub.refuse_channels.add("#gone")
+    notifier = notifier_factory(slack_channels="critical=#gone")
+    alert = make_alert(1, severity=Severity.critical)
+    await notifier.deliver_batch([alert])
+    await notifier.deliver_batch([alert])  # read again after a restart: nothing new
+    [message] = slack_stub.messages
+    assert message["channel"] == "#llm-spend"
+    assert message["blocks"][-1]["elements"][0]["text"] == (
+        "Posted here because #gone refused it: slack answered 200: channel_not_found"
+    )
+    await notifier.deliver_batch([make_alert(2, severity=Severity.critical)])
+    assert slack_stub.messages[-1]["thread_ts"] == message["ts"]
