@@ -1,12 +1,13 @@
-"""The worker process: a faust app that owns lifecycle, timers and the alert notifier agent,
+"""The worker process: a faust app that owns lifecycle, timers and the alert notifier task,
 with the events topic consumed in batches by aiokafka inside it.
 
 Why both: faust's per-event stream machinery costs 100-180 us of CPU per event, which caps a
 worker at a few thousand events/s (see README, "Why the hot path bypasses faust streams").
 The events topic is therefore read with aiokafka's `getmany`, one batch per Redis round trip,
 and its offsets are committed only after the batch's effects are in Redis and Kafka. Faust runs
-everything else: start-up and shutdown, signal handling, the rules reload timer, and the agent
-that delivers alerts from the `llm.cost.alerts` outbox to Slack at its own pace.
+everything else: start-up and shutdown, signal handling, the rules reload timer, and the task
+that delivers alerts from the `llm.cost.alerts` outbox to Slack at its own pace (also read with
+aiokafka, so that its offsets are committed only after Redis records each post).
 """
 
 from __future__ import annotations
@@ -31,11 +32,9 @@ from detector.decisions.store import DecisionStore
 from detector.pipeline import Deps, handle_batch
 from detector.pricing import PriceTable
 from detector.rules.holder import RulesHolder
-from detector.schemas import Alert
 from detector.sinks.kafka import KafkaSink
-from detector.sinks.notifier import Notifier
+from detector.sinks.outbox import AlertsConsumer
 from detector.sinks.slack import SlackClient, slack_configured
-from detector.sinks.slack_format import render_text
 from detector.windows.counters import WindowStore
 
 log = logging.getLogger("detector.worker")
@@ -51,7 +50,7 @@ def now_ms() -> int:
 def build_app(
     settings: Settings, rules: RulesHolder, prices: PriceTable, slack: SlackClient | None = None
 ) -> Any:
-    """The faust app with its tasks, agent and timers registered."""
+    """The faust app with its tasks and timers registered."""
     app = faust.App(
         settings.consumer_group,
         broker=f"kafka://{settings.kafka_bootstrap}",
@@ -72,7 +71,7 @@ def build_app(
 
     @app.task  # type: ignore[untyped-decorator]
     async def notify() -> None:
-        await AlertsConsumer(settings, rules, slack).run()
+        await AlertsConsumer(settings, slack, lambda rule_id: _cooldown_s(rules, rule_id)).run()
 
     @app.timer(interval=2.0)  # type: ignore[untyped-decorator]
     async def reload_rules() -> None:
@@ -84,98 +83,6 @@ def build_app(
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, rules.reload)
 
     return app
-
-
-class AlertsConsumer:
-    """Reads the llm.cost.alerts outbox in batches and hands them to the Slack notifier.
-
-    Offsets are committed only after the notifier has recorded every alert of the batch in
-    Redis, so a notifier that dies re-reads them and its records say which were posted. Without
-    a Slack setting alerts are logged and stay on the topic.
-    """
-
-    def __init__(self, settings: Settings, rules: RulesHolder, slack: SlackClient | None) -> None:
-        self.settings = settings
-        self.rules = rules
-        self.slack = slack
-
-    def _cooldown_s(self, rule_id: str) -> int | None:
-        for rule in self.rules().rules:
-            if rule.id == rule_id:
-                return rule.cooldown_s
-        return None
-
-    async def run(self) -> None:
-        settings = self.settings
-        redis = Redis.from_url(settings.redis_url)
-        notifier = None
-        if self.slack is None:
-            log.info("no Slack setting: alerts are logged and kept on the alerts topic")
-        else:
-            notifier = Notifier(settings, self.slack, redis, self._cooldown_s)
-        consumer = AIOKafkaConsumer(
-            settings.topic(keys.TOPIC_ALERTS),
-            bootstrap_servers=settings.kafka_bootstrap,
-            group_id=f"{settings.consumer_group}.alerts",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            client_id="detector-notifier",
-            session_timeout_ms=6000,
-            heartbeat_interval_ms=2000,
-            # Slack's retries can hold a batch for minutes; the group must not evict us for it.
-            max_poll_interval_ms=3_600_000,
-        )
-        await consumer.start()
-        scanner = asyncio.create_task(self._scan(notifier)) if notifier is not None else None
-        try:
-            while True:
-                polled = await consumer.getmany(timeout_ms=500, max_records=500)
-                records = [r for batch in polled.values() for r in batch]
-                if not records:
-                    continue
-                alerts = _parse_alerts(records)
-                if notifier is None:
-                    for alert in alerts:
-                        log.warning("ALERT %s", render_text(alert))
-                else:
-                    await self._deliver(notifier, alerts)
-                await _commit(consumer, polled)
-        finally:
-            if scanner is not None:
-                scanner.cancel()
-            await consumer.stop()
-            await redis.aclose()
-
-    async def _deliver(self, notifier: Notifier, alerts: list[Alert]) -> None:
-        delay_s = 0.5
-        while True:
-            try:
-                await notifier.deliver_batch(alerts)
-                return
-            except (RedisError, OSError) as exc:
-                log.warning("alerts held, Redis unreachable (%r); retry in %.1fs", exc, delay_s)
-                await asyncio.sleep(delay_s)
-                delay_s = min(delay_s * 2, RETRY_MAX_S)
-
-    async def _scan(self, notifier: Notifier) -> None:
-        while True:
-            await asyncio.sleep(self.settings.slack_scan_interval_s)
-            try:
-                await notifier.scan()
-            except (RedisError, OSError) as exc:
-                log.warning("Slack follow-ups skipped this round: %r", exc)
-            except Exception:
-                log.exception("Slack follow-ups failed this round")
-
-
-def _parse_alerts(records: Sequence[ConsumerRecord[Any, Any]]) -> list[Alert]:
-    alerts = []
-    for r in records:
-        try:
-            alerts.append(Alert.model_validate_json(r.value))
-        except ValueError:
-            log.error("%s[%s]@%s is not an alert; skipped", r.topic, r.partition, r.offset)
-    return alerts
 
 
 class EventsConsumer:
@@ -288,6 +195,13 @@ async def _commit(consumer: AIOKafkaConsumer, polled: Polled) -> None:
         # Typically a rebalance: the partition moved and its new owner re-reads these events;
         # they are already marked as applied, so nothing is counted twice.
         log.warning("offset commit failed (%r); the events will be re-read and deduplicated", exc)
+
+
+def _cooldown_s(rules: RulesHolder, rule_id: str) -> int | None:
+    for rule in rules().rules:
+        if rule.id == rule_id:
+            return rule.cooldown_s
+    return None
 
 
 def run_worker(settings: Settings, rules: RulesHolder, prices: PriceTable) -> None:
