@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_COOLDOWN_S = 600
 CONTRIBUTOR_SCOPES = ("user", "api_key", "feature", "model")
+SUMMARY_PREFIX = "burst-"  # message ids of burst summaries
 
 
 class Notifier:
@@ -121,7 +122,7 @@ class Notifier:
             # repeats and the resolved reply still go in this message's thread.
             await self.state.open_thread(
                 alert, record.channel, record.ts, _until_ms(alert), self._cooldown_ms(alert),
-                self.clock(), summary=carrier != alert.alert_id,
+                self.clock(), summary=carrier.startswith(SUMMARY_PREFIX),
             )  # fmt: skip
         return True
 
@@ -204,7 +205,7 @@ class Notifier:
         await self.state.touch_thread(thread, _until_ms(alert), self.clock(), fired)
 
     async def _post_summary(self, tenant: str, rule_id: str, group: list[Alert]) -> None:
-        message_id = f"burst-{group[0].alert_id}"
+        message_id = f"{SUMMARY_PREFIX}{group[0].alert_id}"
         worst = max(group, key=lambda a: list(Severity).index(a.severity))
         text, blocks = render_summary(group, len(group))
         channel = self.client.channel_for(worst.severity)

@@ -56,12 +56,14 @@ class OncePoster:
             return Posted(record.channel, record.ts)
         if record is not None and record.state == "refused":
             raise SinkError(f"message {message_id} was refused by Slack before")
+        started_ms = self.clock()
         if record is not None and record.state == "pending":
             found = await self.find(record, message_id)
             if found is not None:
+                await self.record(tenant, message_id, found, record.started_ms, thread_ts)
                 return found
+            started_ms = record.started_ms  # later lookups also cover the earlier attempt
         lookup = await self.state.channel_id(channel) or channel
-        started_ms = self.clock()
         await self.state.set_message(
             tenant, message_id, MessageRecord("pending", lookup, None, started_ms, thread_ts)
         )
