@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -111,4 +112,23 @@ def run_api(settings: Settings) -> None:
     """Serve until interrupted."""
     app = create_app(settings)
     log.info("lookup API on http://%s:%d", settings.api_host, settings.api_port)
-    web.run_app(app, host=settings.api_host, port=settings.api_port, access_log=None, print=None)
+    web.run_app(
+        app,
+        host=settings.api_host,
+        port=settings.api_port,
+        access_log=None,
+        print=None,
+        loop=fast_event_loop(),
+    )
+
+
+def fast_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's event loop where it is installed (Linux, macOS), else asyncio's own.
+
+    On the lookup path uvloop cuts the server's CPU per request; see benches/README.md.
+    """
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on the supported platforms
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
