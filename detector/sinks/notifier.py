@@ -279,4 +279,9 @@ def _until_ms(alert: Alert) -> int:
     """End of the decision an alert announced; 0 when it enforces nothing."""
     if not enforced(alert) or alert.until is None:
         return 0
-    return parse_ts_ms(alert.until)
+    try:
+        return parse_ts_ms(alert.until)
+    except ValueError:
+        # The message is still posted; without an end its thread closes with the cooldown.
+        log.warning("alert %s has an unreadable `until` %r", alert.alert_id, alert.until[:40])
+        return 0

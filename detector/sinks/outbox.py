@@ -82,12 +82,12 @@ class AlertsConsumer:
                     if polled:  # only records the former notifier had delivered
                         await _commit(consumer, polled)
                     continue
-                alerts = _parse_alerts(records)
+                parsed = _parse_alerts(records)
                 if notifier is None:
-                    for alert in alerts:
+                    for _, alert in parsed:
                         log.warning("ALERT %s", render_text(alert))
                 else:
-                    await self._deliver(notifier, alerts)
+                    await self._deliver(notifier, parsed)
                 await _commit(consumer, polled)
         finally:
             if scanner is not None:
@@ -95,16 +95,32 @@ class AlertsConsumer:
             await consumer.stop()
             await redis.aclose()
 
-    async def _deliver(self, notifier: Notifier, alerts: list[Alert]) -> None:
+    async def _deliver(
+        self, notifier: Notifier, parsed: list[tuple[ConsumerRecord[Any, Any], Alert]]
+    ) -> None:
+        """Deliver a batch; if it hits a bug, alert by alert, skipping the one that fails."""
+        if await self._attempt(notifier, [alert for _, alert in parsed]):
+            return
+        log.error("batch of %d alerts failed; retrying alert by alert", len(parsed))
+        for record, alert in parsed:
+            if not await self._attempt(notifier, [alert]):
+                log.error("alert at %s[%s]@%s failed; skipped",
+                          record.topic, record.partition, record.offset)  # fmt: skip
+
+    async def _attempt(self, notifier: Notifier, alerts: list[Alert]) -> bool:
+        """True once delivered; held and retried while Redis is unreachable; False on a bug."""
         delay_s = 0.5
         while True:
             try:
                 await notifier.deliver_batch(alerts)
-                return
+                return True
             except (RedisError, OSError) as exc:
                 log.warning("alerts held, Redis unreachable (%r); retry in %.1fs", exc, delay_s)
                 await asyncio.sleep(delay_s)
                 delay_s = min(delay_s * 2, RETRY_MAX_S)
+            except Exception:
+                log.exception("delivering %d alert(s) failed", len(alerts))
+                return False
 
     async def _scan(self, notifier: Notifier) -> None:
         while True:
@@ -117,11 +133,13 @@ class AlertsConsumer:
                 log.exception("Slack follow-ups failed this round")
 
 
-def _parse_alerts(records: Sequence[ConsumerRecord[Any, Any]]) -> list[Alert]:
+def _parse_alerts(
+    records: Sequence[ConsumerRecord[Any, Any]],
+) -> list[tuple[ConsumerRecord[Any, Any], Alert]]:
     alerts = []
     for r in records:
         try:
-            alerts.append(Alert.model_validate_json(r.value))
+            alerts.append((r, Alert.model_validate_json(r.value)))
         except ValueError:
             log.error("%s[%s]@%s is not an alert; skipped", r.topic, r.partition, r.offset)
     return alerts
