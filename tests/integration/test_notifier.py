@@ -433,3 +433,13 @@ async def test_a_refused_severity_channel_falls_back_to_the_default_once(
     )
     await notifier.deliver_batch([make_alert(2, severity=Severity.critical)])
     assert slack_stub.messages[-1]["thread_ts"] == message["ts"]
+
+
+async def test_an_unreadable_decision_end_still_posts(
+    notifier_factory: NotifierFactory, slack_stub: SlackStub, redis: Redis
+) -> None:
+    alert = make_alert(1).model_copy(update={"until": "not-a-time"})
+    await notifier_factory().deliver_batch([alert])
+    [message] = slack_stub.messages
+    assert message["blocks"][1]["fields"][5]["text"] == "*Decision*\n*block* until not-a-time"
+    assert await redis.hget("det:slack:thread:{t:acme}:burn:user:u1", "until_ms") == b"0"
