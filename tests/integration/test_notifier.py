@@ -443,3 +443,17 @@ async def test_an_unreadable_decision_end_still_posts(
     [message] = slack_stub.messages
     assert message["blocks"][1]["fields"][5]["text"] == "*Decision*\n*block* until not-a-time"
     assert await redis.hget("det:slack:thread:{t:acme}:burn:user:u1", "until_ms") == b"0"
+
+
+async def test_a_partial_thread_record_is_dropped_by_the_timer(
+    notifier_factory: NotifierFactory, slack_stub: SlackStub, redis: Redis
+) -> None:
+    key = "det:slack:thread:{t:acme}:burn:user:u1"
+    await redis.hset(key, mapping={"fired": 3, "last_ms": 1})  # what a racing touch leaves
+    await redis.zadd("det:slack:open:{t:_global}", {key: 1})
+    notifier = notifier_factory()
+    await notifier.scan()
+    assert await redis.exists(key) == 0
+    assert await redis.zcard("det:slack:open:{t:_global}") == 0
+    await notifier.deliver_batch([make_alert(1)])
+    assert len(slack_stub.in_channel("#llm-spend")) == 1
