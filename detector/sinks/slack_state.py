@@ -112,7 +112,7 @@ class SlackState:
         if not raw:
             return None
         f = {_text(k): _text(v) for k, v in raw.items()}
-        if not f.get("alert") or not f.get("channel"):
+        if not f.get("alert"):
             # Only a racing update of a thread closed meanwhile leaves a partial hash.
             return None
         return Thread(
