@@ -144,7 +144,7 @@ class Notifier:
         if burst is not None:
             await self._guard(group[0], self._join_summary(tenant, rule_id, group, burst))
         elif len(group) >= 2 and before + len(group) >= self.settings.slack_burst_min:
-            await self._guard(group[0], self._post_summary(tenant, rule_id, group))
+            await self._guard(group[0], self._post_summary(tenant, rule_id, group, before))
         else:
             for alert in group:
                 await self._guard(alert, self._post_new(alert))
@@ -204,10 +204,12 @@ class Notifier:
         )
         await self.state.touch_thread(thread, _until_ms(alert), self.clock(), fired)
 
-    async def _post_summary(self, tenant: str, rule_id: str, group: list[Alert]) -> None:
+    async def _post_summary(
+        self, tenant: str, rule_id: str, group: list[Alert], separately: int
+    ) -> None:
         message_id = f"{SUMMARY_PREFIX}{group[0].alert_id}"
         worst = max(group, key=lambda a: list(Severity).index(a.severity))
-        text, blocks = render_summary(group, len(group))
+        text, blocks = render_summary(group, len(group), separately)
         channel = self.client.channel_for(worst.severity)
         ids = [a.alert_id for a in group]
         posted = await self._post_routed(tenant, message_id, ids, channel, text, blocks)

@@ -259,11 +259,16 @@ def render_repeat(alert: Alert, fired: int) -> tuple[str, list[Block]]:
     return plain, [{"type": "section", "text": {"type": "mrkdwn", "text": text}}]
 
 
-def render_summary(alerts: Sequence[Alert], total: int) -> tuple[str, list[Block]]:
-    """One message for a burst: one rule firing for many entities of a tenant."""
+def render_summary(
+    alerts: Sequence[Alert], total: int, separately: int = 0
+) -> tuple[str, list[Block]]:
+    """One message for a burst: one rule firing for many entities of a tenant.
+
+    `separately` counts the entities of the burst already posted one by one before it.
+    """
     first = alerts[0]
     icon = SEVERITY_ICON.get(first.severity.value, "")
-    worst = max(alerts, key=lambda a: a.severity is Severity.critical)
+    worst = max(alerts, key=lambda a: list(Severity).index(a.severity))
     scope = first.scope.value
     head = (
         f"{icon} *{worst.severity.value.upper()}* {first.kind.value} {ident(first.rule_id, 64)} "
@@ -277,6 +282,8 @@ def render_summary(alerts: Sequence[Alert], total: int) -> tuple[str, list[Block
     ]
     if total > len(lines):
         lines.append(f"…and {total - len(lines)} more")
+    if separately:
+        lines.append(f"({separately} more posted separately just before)")
     blocks: list[Block] = [
         {"type": "section", "text": {"type": "mrkdwn", "text": head}},
         {"type": "section", "text": {"type": "mrkdwn", "text": _fit("\n".join(lines))}},

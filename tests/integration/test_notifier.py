@@ -457,3 +457,16 @@ async def test_a_partial_thread_record_is_dropped_by_the_timer(
     assert await redis.zcard("det:slack:open:{t:_global}") == 0
     await notifier.deliver_batch([make_alert(1)])
     assert len(slack_stub.in_channel("#llm-spend")) == 1
+
+
+async def test_a_burst_that_builds_up_says_how_many_came_separately(
+    notifier_factory: NotifierFactory, slack_stub: SlackStub
+) -> None:
+    notifier = notifier_factory(slack_burst_min=5)
+    await notifier.deliver_batch([make_alert(i, f"u{i}") for i in range(3)])
+    await notifier.deliver_batch([make_alert(i, f"u{i}") for i in range(3, 5)])
+    *single, summary = slack_stub.in_channel("#llm-spend")
+    assert len(single) == 3
+    assert summary["text"] == "WARNING rule burn fired for 2 user entities in tenant acme"
+    lines = summary["blocks"][1]["text"]["text"].splitlines()
+    assert lines[-1] == "(3 more posted separately just before)"
