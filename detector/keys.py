@@ -109,3 +109,52 @@ def audit_key(tenant: str) -> str:
 
 
 AUDIT_MAX_ENTRIES = 1000
+
+
+# Slack notifier state: what was posted where, threads per (rule, entity), bursts, open threads.
+SLACK_RECORD_TTL_S = 8 * 86400  # longer than the alerts topic's default 7-day retention
+SLACK_OPEN_KEY = f"det:slack:open:{_tag(GLOBAL_TENANT)}"
+
+
+def slack_message_key(tenant: str, message_id: str) -> str:
+    """Whether one Slack message is pending or posted (channel, ts): exactly-once posting.
+
+    >>> slack_message_key("acme", "a1")
+    'det:slack:msg:{t:acme}:a1'
+    """
+    return f"det:slack:msg:{_tag(tenant)}:{message_id}"
+
+
+def slack_alert_key(tenant: str, alert_id: str) -> str:
+    """The id of the Slack message that carries one alert (its own, or a burst summary)."""
+    return f"det:slack:alert:{_tag(tenant)}:{alert_id}"
+
+
+def slack_thread_key(tenant: str, rule_id: str, scope: str, entity: str) -> str:
+    """Hash of the current Slack thread of one (rule, entity): channel, ts, decision, state."""
+    return f"det:slack:thread:{_tag(tenant)}:{rule_id}:{scope}:{entity}"
+
+
+def slack_burst_key(tenant: str, rule_id: str) -> str:
+    """Hash of the burst summary message a rule's alerts in a tenant currently join."""
+    return f"det:slack:burst:{_tag(tenant)}:{rule_id}"
+
+
+def slack_burst_members_key(tenant: str, rule_id: str) -> str:
+    """Hash entity -> alert JSON of the entities in the current burst summary."""
+    return f"det:slack:burstm:{_tag(tenant)}:{rule_id}"
+
+
+def slack_recent_key(tenant: str, rule_id: str) -> str:
+    """Count of a rule's alerts posted in a tenant within the burst window."""
+    return f"det:slack:recent:{_tag(tenant)}:{rule_id}"
+
+
+def slack_claim_key(tenant: str, message_id: str) -> str:
+    """Short lease so that one notifier process posts a timer-driven message."""
+    return f"det:slack:claim:{_tag(tenant)}:{message_id}"
+
+
+def slack_channel_ids_key() -> str:
+    """Hash channel name -> channel id, learnt from Slack's answers."""
+    return f"det:slack:chanid:{_tag(GLOBAL_TENANT)}"
