@@ -20,12 +20,13 @@ from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 from detector.config import Settings, parse_channel_routes
 from detector.errors import ConfigError, SinkError
-from detector.schemas import Alert, Severity
+from detector.schemas import Alert, AlertKind, Severity
 from detector.sinks.slack_format import (
     SEVERITY_ICON,
     Block,
     escape,
     render_alert,
+    render_digest,
     render_text,
 )
 
@@ -260,6 +261,10 @@ class SlackSink:
 
     async def send_alert(self, alert: Alert) -> None:
         channel = self.client.channel_for(alert.severity)
+        if alert.kind is AlertKind.digest:
+            text, blocks = render_digest(alert)
+            await self.client.post_message(channel, text, blocks)
+            return
         await self.client.post_message(channel, render_text(alert), render_alert(alert))
 
     async def close(self) -> None:

@@ -248,6 +248,48 @@ def render_alert(alert: Alert, extras: Extras | None = None, fired: int = 1) -> 
     return blocks
 
 
+DIGEST_LINE_MAX_CHARS = 500
+DIGEST_TEXT_MAX_CHARS = 3900  # the notification text; Slack allows far more, people read less
+
+
+def render_digest(alert: Alert) -> tuple[str, list[Block]]:
+    r"""A digest's own layout: its lines kept as lines, each made safe on its own (ids in it come
+    from traffic), in as many sections as they need; and the same lines as the fallback text.
+
+    >>> from detector.schemas import Alert
+    >>> text, blocks = render_digest(Alert.model_validate({
+    ...     "alert_id": "digest:daily:0", "kind": "digest", "rule_id": "daily-digest",
+    ...     "severity": "info", "tenant_id": "all", "scope": "global", "entity_id": "all",
+    ...     "window": "day", "metric": "cost_usd", "observed": 1.0, "action": "alert",
+    ...     "event_time": "2026-01-01T00:00:00Z", "created_at": "2026-01-01T00:05:00Z",
+    ...     "message": "*Daily digest*\nTop users: <!channel> $1.00"}))
+    >>> text
+    '*Daily digest*\nTop users: &lt;!channel&gt; $1.00'
+    >>> blocks[0]["text"]["text"] == text
+    True
+    """
+    lines = [
+        escape(clip(visible(line), DIGEST_LINE_MAX_CHARS)) for line in alert.message.splitlines()
+    ]
+    sections: list[str] = []
+    current = ""
+    for line in lines:
+        if current and len(current) + 1 + len(line) > SECTION_MAX_CHARS:
+            sections.append(current)
+            current = line
+        else:
+            current = f"{current}\n{line}" if current else line
+    if current:
+        sections.append(current)
+    blocks: list[Block] = [
+        {"type": "section", "text": {"type": "mrkdwn", "text": section}}
+        for section in sections[:48]  # Slack takes 50 blocks in a message
+    ]
+    context = f"{ident(alert.alert_id, 60)} | sent {alert.created_at}"
+    blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": context}]})
+    return clip("\n".join(lines), DIGEST_TEXT_MAX_CHARS), blocks
+
+
 def render_repeat(alert: Alert, fired: int) -> tuple[str, list[Block]]:
     """Thread reply when a (rule, entity) fires again while its first message is current."""
     observed, compared = _figures(alert)

@@ -322,3 +322,36 @@ def test_any_entity_is_neutralised(entity: str) -> None:
     for block in render_alert(alert):
         text = json.dumps(block, ensure_ascii=False)
         assert text.count("```") in (0, 2)
+
+
+def test_digest_keeps_its_lines_and_disarms_ids_from_traffic() -> None:
+    from detector.sinks.slack_format import SECTION_MAX_CHARS, render_digest
+
+    hostile = ["<!here>", "@channel", "<https://evil.example|click>", "a`b", "x\u202ey"]
+    lines = ["*Daily spend digest*"] + [f"user {h} ${i}.00" for i in range(400) for h in hostile]
+    alert = Alert.model_validate(
+        {
+            "alert_id": "digest:daily:0",
+            "kind": "digest",
+            "rule_id": "daily-digest",
+            "severity": "info",
+            "tenant_id": "all",
+            "scope": "global",
+            "entity_id": "all",
+            "window": "day",
+            "metric": "cost_usd",
+            "observed": 1.0,
+            "action": "alert",
+            "event_time": "2026-01-01T00:00:00Z",
+            "created_at": "2026-01-01T00:05:00Z",
+            "message": "\n".join(lines),
+        }
+    )
+    text, blocks = render_digest(alert)
+    sections = [b["text"]["text"] for b in blocks if b["type"] == "section"]
+    assert len(sections) > 1 and all(len(s) <= SECTION_MAX_CHARS for s in sections)
+    assert sections[0].startswith("*Daily spend digest*\nuser ")  # lines stay lines
+    shown = "\n".join(sections)
+    for dangerous in ("<!here>", "<https://", "@channel", "`", "\u202e"):
+        assert dangerous not in shown and dangerous not in text
+    assert len(blocks) <= 50
