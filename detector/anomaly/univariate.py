@@ -222,7 +222,10 @@ class SeasonalModel(BandModel):
     def update_expected(self, x: float) -> None:
         self.last = x
         if self.model._initialized:
-            self.model.learn_one(x)  # type: ignore[no-untyped-call]
+            # As in LevelModel: a lone spike must not drag the level and the season with it.
+            centre, reach = float(self.expected() or 0.0), self.half_width() * self.spread()
+            clipped = min(centre + reach, max(centre - reach, x))
+            self.model.learn_one(clipped)  # type: ignore[no-untyped-call]
             return
         # river would seed an additive season with y / level (the multiplicative form, and a
         # division by zero on a zero level); we seed level, trend and season ourselves instead.
@@ -239,29 +242,51 @@ class SeasonalModel(BandModel):
         self.first = []
 
 
-class CombinedModel:
-    """Robust and seasonal together: anomalous when either finds the point outside its band.
+class LevelModel(BandModel):
+    """Exponentially weighted mean of recent rows (`river.stats.EWMean`, weight 0.3 on the newest,
+    each row clipped to the band) as the expected value: quick to follow a new level."""
 
-    The normal band is the overlap of the two bands (when they do not overlap, every value is
-    anomalous and the band shrinks to the middle of the gap). The seasonal half joins once it has
-    seen its first season; until then the robust half judges alone.
+    def __init__(self, *, sensitivity: float, interval_s: int, warmup: int | None) -> None:
+        super().__init__(sensitivity=sensitivity, interval_s=interval_s, warmup=warmup)
+        self.level = stats.EWMean(fading_factor=0.3)
+
+    def expected(self) -> float | None:
+        return float(self.level.get()) if self.n else None
+
+    def update_expected(self, x: float) -> None:
+        # A lone spike must not drag the level (or the row after it would look anomalous):
+        # the level learns x clipped to the band, so it moves to a new level over a few rows.
+        if self.n:
+            centre, reach = float(self.level.get()), self.half_width() * self.spread()
+            x = min(centre + reach, max(centre - reach, x))
+        self.level.update(x)
+
+
+class CombinedModel:
+    """Robust, seasonal and level models together: anomalous when any finds x outside its band.
+
+    The normal band is the overlap of the bands (when they do not overlap, every value is
+    anomalous and the band shrinks to the middle of the gap); the score is the largest. The
+    seasonal model joins once it has seen its first season; until then the others judge alone.
     """
 
     def __init__(self, *, sensitivity: float, interval_s: int, warmup: int | None) -> None:
-        self.robust = RobustModel(sensitivity=sensitivity, interval_s=interval_s, warmup=warmup)
-        self.seasonal = SeasonalModel(sensitivity=sensitivity, interval_s=interval_s, warmup=warmup)
+        self.parts: tuple[BandModel, ...] = tuple(
+            model(sensitivity=sensitivity, interval_s=interval_s, warmup=warmup)
+            for model in (RobustModel, SeasonalModel, LevelModel)
+        )
 
     def score_one(self, ts: float, x: float) -> Verdict:
-        first = self.robust.score_one(ts, x)
-        second = self.seasonal.score_one(ts, x)
-        if not second.warm:
-            return first
-        low, high = max(first.low, second.low), min(first.high, second.high)
+        verdicts = [part.score_one(ts, x) for part in self.parts]
+        first = verdicts[0]
+        judging = [v for v in verdicts if v.warm] if first.warm else [first]
+        low = max(v.low for v in judging)
+        high = min(v.high for v in judging)
         if low > high:
             low = high = (low + high) / 2.0
-        expected = min(high, max(low, (first.expected + second.expected) / 2.0))
-        return Verdict(max(first.score, second.score), expected, low, high, first.warm)
+        expected = min(high, max(low, statistics.median(v.expected for v in judging)))
+        return Verdict(max(v.score for v in judging), expected, low, high, first.warm)
 
     def learn_one(self, ts: float, x: float) -> None:
-        self.robust.learn_one(ts, x)
-        self.seasonal.learn_one(ts, x)
+        for part in self.parts:
+            part.learn_one(ts, x)
