@@ -130,7 +130,7 @@ class BandModel:
     def __init__(self, *, sensitivity: float, interval_s: int, warmup: int | None) -> None:
         self.floor_k = band_floor(sensitivity)
         self.factor = band_factor(sensitivity)
-        self.abs_resid = stats.RollingQuantile(0.5, points(_DAY_S, interval_s, 64, 720))
+        self.abs_resid = stats.RollingQuantile(0.5, points(_DAY_S, interval_s, 64, 288))
         self.mean_abs_resid = stats.EWMean(fading_factor=0.01)
         self.abs_level = stats.EWMean(fading_factor=0.01)
         # About a week of 5-minute rows; long enough to have seen the usual bursts.
@@ -184,11 +184,11 @@ class BandModel:
 
 
 class RobustModel(BandModel):
-    """Rolling median of the last day (64 to 720 rows) as the expected value."""
+    """Rolling median of the last day of rows (at least 64, at most 288) as the expected value."""
 
     def __init__(self, *, sensitivity: float, interval_s: int, warmup: int | None) -> None:
         super().__init__(sensitivity=sensitivity, interval_s=interval_s, warmup=warmup)
-        self.median = stats.RollingQuantile(0.5, points(_DAY_S, interval_s, 64, 720))
+        self.median = stats.RollingQuantile(0.5, points(_DAY_S, interval_s, 64, 288))
 
     def expected(self) -> float | None:
         value = self.median.get() if self.n else None
