@@ -27,6 +27,12 @@ _DAY_S = 86_400
 _SETTLE_ROWS = 20
 _PEAK_HALF_LIFE_S = 12 * 3600
 _PEAK_CAP = 4.0
+_MAX_Z = 1e30  # surprises are kept as float32, whose largest value is about 3.4e38
+
+
+def _check_finite(x: float) -> None:
+    if not math.isfinite(x):
+        raise ValueError(f"x: must be a finite number, got {x!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +162,7 @@ class BandModel:
         return max(self.floor_k, self.factor * max(self.recent_z.get(), self.peak_z))
 
     def score_one(self, ts: float, x: float) -> Verdict:
+        _check_finite(x)
         expected = self.expected()
         if expected is None:
             return Verdict(0.0, x, -math.inf, math.inf, False)
@@ -166,13 +173,14 @@ class BandModel:
         return Verdict(score_from_z(abs(x - expected) / spread, k), expected, low, high, True)
 
     def learn_one(self, ts: float, x: float) -> None:
+        _check_finite(x)
         expected = self.expected()
         if expected is not None:
             residual = abs(x - expected)
             if self.n >= _SETTLE_ROWS:
                 # Measured before the residual joins the spread, as score_one does; the first
                 # rows are left out because their spread is still a guess.
-                z = residual / self.spread()
+                z = min(residual / self.spread(), _MAX_Z)
                 self.recent_z.update(z)
                 cap = _PEAK_CAP * self.recent_z.get()
                 self.peak_z = max(self.peak_z * self.peak_decay, min(z, cap))

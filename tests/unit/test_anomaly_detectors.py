@@ -233,3 +233,27 @@ def test_a_lone_spike_does_not_make_the_next_normal_rows_anomalous(name: str) ->
         x = wave(row, rng)
         assert model.score_one(row * 60.0, x).score < 0.5
         model.learn_one(row * 60.0, x)
+
+
+@pytest.mark.parametrize("name", UNIVARIATE)
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_non_finite_values_are_refused(name: str, bad: float) -> None:
+    model = trained(name, 200)
+    with pytest.raises(ValueError, match="x: must be a finite number, got"):
+        model.score_one(0.0, bad)
+    with pytest.raises(ValueError, match="x: must be a finite number, got"):
+        model.learn_one(0.0, bad)
+
+
+def test_a_huge_value_does_not_overflow_the_model() -> None:
+    model = make_univariate("default", interval_s=60)
+    for i in range(200):
+        model.learn_one(i * 60.0, 0.0)
+    model.learn_one(200 * 60.0, 1e300)
+    assert model.score_one(201 * 60.0, 1e300).score <= 1.0
+
+
+def test_hst_refuses_a_non_finite_feature() -> None:
+    model = make_multivariate("hst", interval_s=60, warmup=0)
+    with pytest.raises(ValueError, match=r"x\['cost_usd'\]: must be a finite number, got nan"):
+        model.learn_one(0.0, {"cost_usd": math.nan, "requests": 1.0})
