@@ -12,6 +12,7 @@ from typing import Annotated
 import orjson
 import typer
 
+from detector.anomaly.cli import anomaly_app
 from detector.config import Settings, load_settings
 from detector.errors import DetectorError
 
@@ -22,6 +23,7 @@ override_app = typer.Typer(
     no_args_is_help=True, help="Block, throttle or allow an entity by hand, or lift a decision."
 )
 app.add_typer(override_app, name="override")
+app.add_typer(anomaly_app, name="anomaly")
 
 TenantOpt = Annotated[str, typer.Option("--tenant", help="Tenant id.")]
 ScopeOpt = Annotated[str, typer.Option("--scope", help="tenant, user, feature, model, ...")]

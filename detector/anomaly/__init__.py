@@ -1,0 +1,3 @@
+"""Online anomaly models (river) and their offline evaluation helpers."""
+
+from __future__ import annotations
