@@ -64,7 +64,7 @@ from detector.schemas import Scope, UsageEvent
 from detector.sinks.kafka import KafkaSink
 from detector.startup import ensure_topics
 from detector.windows.buckets import MAX_RETENTION_S
-from detector.windows.counters import ApplyResult, PricedEvent, WindowStore
+from detector.windows.counters import ApplyResult, PricedEvent, WindowStore, Zones
 from detector.worker import EventsConsumer, now_ms
 
 log = logging.getLogger("bench_windows")
@@ -381,17 +381,21 @@ class StagedWindowStore(WindowStore):
         batch: Sequence[PricedEvent],
         now_ms: int,
         series: Callable[[UsageEvent], list[str]] | None = None,
+        zones: Zones | None = None,
     ) -> ApplyResult:
         begun = await self._begin()
-        result = await super().apply_batch(batch, now_ms, series)
+        result = await super().apply_batch(batch, now_ms, series, zones)
         await self._end("apply_batch", begun)
         return result
 
     async def read_windows(
-        self, requests: Sequence[tuple[str, Scope, str, str]], now_ms: int
+        self,
+        requests: Sequence[tuple[str, Scope, str, str]],
+        now_ms: int,
+        zones: Zones | None = None,
     ) -> list[dict[str, float]]:
         begun = await self._begin()
-        result = await super().read_windows(requests, now_ms)
+        result = await super().read_windows(requests, now_ms, zones)
         await self._end("read_windows", begun)
         return result
 

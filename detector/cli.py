@@ -1,4 +1,4 @@
-"""The `detector` command: worker, api, demo, simulate, produce, rules, spend."""
+"""The `detector` command: worker, api, demo, simulate, produce, rules, spend, report."""
 
 from __future__ import annotations
 
@@ -257,6 +257,43 @@ def spend(
     assert isinstance(metrics, dict)
     for name, value in metrics.items():
         typer.echo(f"  {name:<22} {value}")
+
+
+@app.command()
+def report(
+    name: Annotated[str, typer.Argument(help="cost-per-user, cost-by-feature, cost-by-model, "
+                                        "top-spenders, week-over-week, margins or quality")],
+    tenant: Annotated[str, typer.Option(help="Tenant id; all tenants when left out.")] = "",
+    period: Annotated[str, typer.Option(help="day, week or month (UTC calendar); "
+                                        "default week, month for margins")] = "",
+    at: Annotated[str, typer.Option(help="A date in the period, YYYY-MM-DD; default today.")] = "",
+    top: Annotated[str, typer.Option(help="Rows per ranking, 1-100.")] = "10",
+    output_format: Annotated[str, typer.Option("--format", help="table, json or csv")] = "table",
+) -> None:  # fmt: skip
+    """Print a cost-attribution report (the numbers GET /v1/reports/NAME serves)."""
+    from detector.errors import ConfigError
+    from detector.reports.render import FORMATS, render
+    from detector.reports.service import report_for
+
+    if output_format not in FORMATS:
+        raise ConfigError(f"--format must be table, json or csv, got {output_format!r}")
+    settings = _settings()
+    now = time.time_ns() // 1_000_000
+    body = asyncio.run(report_for(settings, name, tenant, period, at, top, now))
+    typer.echo(render(body, output_format), nl=output_format != "csv")
+
+
+@app.command()
+def digest(
+    kind: Annotated[str, typer.Argument(help="daily or weekly")],
+    at: Annotated[str, typer.Option(help="A date in the period, YYYY-MM-DD; default: the "
+                                    "one due now (yesterday, last week).")] = "",
+) -> None:  # fmt: skip
+    """Print the Slack digest of a day or week, without sending it."""
+    from detector.reports.digest import preview_digest
+
+    now = time.time_ns() // 1_000_000
+    typer.echo(asyncio.run(preview_digest(_settings(), kind, at, now)))
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from detector.errors import ConfigError
+from detector.schemas import Severity
 
 
 class Settings(BaseSettings):
@@ -39,6 +40,17 @@ class Settings(BaseSettings):
     slack_bot_token: SecretStr | None = None
     slack_channel: str | None = None
     slack_base_url: str | None = None
+    # Bot mode only: per-severity channels ("critical=#oncall,warning=#spend"; others go to
+    # slack_channel), and where high-severity alerts still unresolved after a delay go.
+    slack_channels: str = Field(default="", max_length=2000)
+    slack_escalation_channel: str | None = None
+    slack_escalation_delay_s: int = Field(default=900, ge=1)
+    # One rule firing for this many entities of a tenant within the burst window is posted as
+    # one summary message (updated as more arrive) instead of one message each.
+    slack_burst_min: int = Field(default=5, ge=2)
+    slack_burst_window_s: int = Field(default=60, ge=1)
+    # How often the notifier looks for ended decisions (resolved replies) and due escalations.
+    slack_scan_interval_s: float = Field(default=2.0, gt=0, le=600)
 
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8080, ge=0, le=65535)
@@ -50,6 +62,14 @@ class Settings(BaseSettings):
     # old otherwise; 0 turns the cache off.
     api_cache_max_age_s: float = Field(default=10.0, ge=0, le=3600)
     api_cache_max_entries: int = Field(default=500_000, ge=1000)
+
+    # Reports: the plans file of the unit-economics report, and the Slack digests the worker
+    # sends once per period (`daily`, `weekly` or both; none unless asked for), this long after
+    # the period ends so that late events are in.
+    plans_file: Path | None = None
+    digests: str = ""
+    digest_delay_s: int = Field(default=900, ge=0, le=86_400)
+    digest_check_s: float = Field(default=60.0, gt=0, le=3600)
 
     log_level: str = "INFO"
 
@@ -67,6 +87,28 @@ class Settings(BaseSettings):
     def _check_redis_url(cls, value: str) -> str:
         if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("expected redis://host:port/db")
+        return value
+
+    @field_validator("digests")
+    @classmethod
+    def _check_digests(cls, value: str) -> str:
+        kinds = [part.strip() for part in value.split(",") if part.strip()]
+        unknown = [kind for kind in kinds if kind not in ("daily", "weekly")]
+        if unknown:
+            raise ValueError(f"expected daily, weekly or both, comma-separated; got {unknown[0]!r}")
+        return ",".join(kinds)
+
+    @field_validator("slack_channels")
+    @classmethod
+    def _check_slack_channels(cls, value: str) -> str:
+        parse_channel_routes(value)
+        return value
+
+    @field_validator("slack_base_url")
+    @classmethod
+    def _check_slack_base_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("expected an http:// or https:// URL")
         return value
 
     @field_validator("log_level")
@@ -90,6 +132,29 @@ class Settings(BaseSettings):
     def topic(self, name: str) -> str:
         """Full topic name for one of keys.TOPIC_* (a prefix lets tests isolate themselves)."""
         return f"{self.topic_prefix}{name}"
+
+
+def parse_channel_routes(text: str) -> dict[Severity, str]:
+    """`critical=#oncall,warning=#spend` as a map; raises ValueError naming the bad part.
+
+    >>> parse_channel_routes("critical=#oncall, warning=C0123")
+    {<Severity.critical: 'critical'>: '#oncall', <Severity.warning: 'warning'>: 'C0123'}
+    """
+    routes: dict[Severity, str] = {}
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        name, sep, channel = part.partition("=")
+        if not sep or not channel.strip():
+            raise ValueError(f"expected severity=channel, got {part!r}")
+        try:
+            severity = Severity(name.strip())
+        except ValueError:
+            raise ValueError(
+                f"unknown severity {name.strip()!r} (expected info, warning or critical)"
+            ) from None
+        routes[severity] = channel.strip()
+    return routes
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -25,6 +25,8 @@ from redis.asyncio import Redis
 
 from detector import keys
 from detector.config import Settings
+from detector.reports.render import render
+from detector.reports.service import report_for
 from detector.simulate import Scenario, generate
 from detector.slack_stub import SlackStub
 from detector.startup import ensure_topics
@@ -90,7 +92,9 @@ async def run_demo(settings: Settings, seconds: float) -> int:
         await _wait_ready(api, procs)
         blocked_at = await _play(settings, prefix, api, seconds)
         await asyncio.sleep(2.0)  # let the notifier deliver
-        return await _report(api, stub if use_stub else None, blocked_at)
+        status = await _report(api, stub if use_stub else None, blocked_at)
+        await _attribution(settings.model_copy(update={"redis_url": redis_url}))
+        return status
     finally:
         for _, proc in procs:
             if proc.returncode is None:
@@ -161,6 +165,15 @@ async def _lookup(session: aiohttp.ClientSession, api: str, tenant: str) -> dict
     async with session.get(f"{api}/v1/decision", params={"tenant_id": tenant}) as resp:
         body: dict[str, Any] = await resp.json()
         return body
+
+
+async def _attribution(settings: Settings) -> None:
+    """The cost-attribution answers for the same traffic, as `detector report` prints them."""
+    now = time.time_ns() // 1_000_000
+    for name, top in (("top-spenders", "3"), ("cost-by-model", "")):
+        report = await report_for(settings, name, "", "day", "", top, now)
+        say(f"detector report {name} --period day{' --top ' + top if top else ''} ->")
+        print(render(report, "table"), flush=True)
 
 
 async def _report(api: str, stub: SlackStub | None, blocked_at: float | None) -> int:

@@ -27,6 +27,37 @@ def window_key(tenant: str, scope: str, entity: str, bucket_s: int, bucket_start
     return f"det:win:{_tag(tenant)}:{scope}:{entity}:{bucket_s}:{bucket_start_ms}"
 
 
+def rank_key(tenant: str, scope: str, day_start_ms: int) -> str:
+    """Sorted set of one UTC day's cost (micro-dollars) per entity of a scope in a tenant.
+
+    Under the pseudo-tenant GLOBAL_TENANT with scope "tenant" it ranks the tenants.
+
+    >>> rank_key("acme", "user", 86400000)
+    'det:rank:{t:acme}:user:86400000'
+    """
+    return f"det:rank:{_tag(tenant)}:{scope}:{day_start_ms}"
+
+
+def quality_key(tenant: str, day_start_ms: int) -> str:
+    """Hash of one UTC day's quality signal per model: `<model>|n` events, `<model>|q` sum
+    of quality in millionths, `<model>|c` cost in micro-dollars of those events."""
+    return f"det:quality:{_tag(tenant)}:{day_start_ms}"
+
+
+def report_scratch_key(tenant: str, token: str) -> str:
+    """Short-lived union of a report's daily rank sets, in the tenant's slot like its sources.
+
+    >>> report_scratch_key("acme", "f00d")
+    'det:tmp:{t:acme}:f00d'
+    """
+    return f"det:tmp:{_tag(tenant)}:{token}"
+
+
+def digest_claim_key(kind: str, period_start_ms: int) -> str:
+    """Claim that one worker sends (or sent) the digest of one period, so it goes out once."""
+    return f"det:digest:{_tag(GLOBAL_TENANT)}:{kind}:{period_start_ms}"
+
+
 def seen_key(tenant: str, event_id: str) -> str:
     """Marker that one event id was already applied (idempotency)."""
     return f"det:seen:{_tag(tenant)}:{event_id}"
@@ -78,6 +109,55 @@ def audit_key(tenant: str) -> str:
 
 
 AUDIT_MAX_ENTRIES = 1000
+
+
+# Slack notifier state: what was posted where, threads per (rule, entity), bursts, open threads.
+SLACK_RECORD_TTL_S = 8 * 86400  # longer than the alerts topic's default 7-day retention
+SLACK_OPEN_KEY = f"det:slack:open:{_tag(GLOBAL_TENANT)}"
+
+
+def slack_message_key(tenant: str, message_id: str) -> str:
+    """Whether one Slack message is pending or posted (channel, ts): exactly-once posting.
+
+    >>> slack_message_key("acme", "a1")
+    'det:slack:msg:{t:acme}:a1'
+    """
+    return f"det:slack:msg:{_tag(tenant)}:{message_id}"
+
+
+def slack_alert_key(tenant: str, alert_id: str) -> str:
+    """The id of the Slack message that carries one alert (its own, or a burst summary)."""
+    return f"det:slack:alert:{_tag(tenant)}:{alert_id}"
+
+
+def slack_thread_key(tenant: str, rule_id: str, scope: str, entity: str) -> str:
+    """Hash of the current Slack thread of one (rule, entity): channel, ts, decision, state."""
+    return f"det:slack:thread:{_tag(tenant)}:{rule_id}:{scope}:{entity}"
+
+
+def slack_burst_key(tenant: str, rule_id: str) -> str:
+    """Hash of the burst summary message a rule's alerts in a tenant currently join."""
+    return f"det:slack:burst:{_tag(tenant)}:{rule_id}"
+
+
+def slack_burst_members_key(tenant: str, rule_id: str) -> str:
+    """Hash entity -> alert JSON of the entities in the current burst summary."""
+    return f"det:slack:burstm:{_tag(tenant)}:{rule_id}"
+
+
+def slack_recent_key(tenant: str, rule_id: str) -> str:
+    """Count of a rule's alerts posted in a tenant within the burst window."""
+    return f"det:slack:recent:{_tag(tenant)}:{rule_id}"
+
+
+def slack_claim_key(tenant: str, message_id: str) -> str:
+    """Short lease so that one notifier process posts a timer-driven message."""
+    return f"det:slack:claim:{_tag(tenant)}:{message_id}"
+
+
+def slack_channel_ids_key() -> str:
+    """Hash channel name -> channel id, learnt from Slack's answers."""
+    return f"det:slack:chanid:{_tag(GLOBAL_TENANT)}"
 
 
 def anomaly_models_key(tenant: str) -> str:

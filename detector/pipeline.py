@@ -18,11 +18,14 @@ from detector.ingest.decode import decode_event
 from detector.keys import GLOBAL_TENANT
 from detector.pricing import PriceTable, price_event
 from detector.rules.engine import (
+    NESTED_SCOPES,
     AbuseFacts,
     WindowRead,
+    bound_reads,
     evaluate_abuse,
     evaluate_budgets,
     evaluate_rules,
+    prune_reads,
     reads_needed,
 )
 from detector.rules.schema import AbuseRule, RuleSet, ThresholdRule
@@ -70,7 +73,7 @@ async def handle_batch(messages: Sequence[RawMessage], deps: Deps, now_ms: int) 
         priced.append(PricedEvent(event, price_event(event, deps.prices)))
 
     rules = deps.rules()
-    applied = await deps.windows.apply_batch(priced, now_ms, filtered_series(rules))
+    applied = await deps.windows.apply_batch(priced, now_ms, filtered_series(rules), rules.zone)
     result.applied, result.duplicates = len(applied.applied), len(applied.duplicates)
     if rules.budgets and applied.applied:
         # A counted cost event releases the reservation made under the same request id.
@@ -86,8 +89,7 @@ async def handle_batch(messages: Sequence[RawMessage], deps: Deps, now_ms: int) 
         # Rules read the windows at event time: the newest event of the batch, never the future.
         eval_ms = min(max(it.event.ts_ms for it in applied.applied), now_ms)
         targets = [(t.tenant_id, t.scope, t.entity_id) for t in applied.touched]
-        reads = reads_needed(rules, targets)
-        sums = dict(zip(reads, await deps.windows.read_windows(reads, eval_ms), strict=True))
+        sums = await _read_sums(rules, deps, reads_needed(rules, targets), eval_ms)
         hits = evaluate_rules(rules, sums)
         if any(isinstance(r, AbuseRule) for r in rules.rules):
             facts = await _abuse_facts(rules, applied, deps, eval_ms)
@@ -129,6 +131,21 @@ async def handle_batch(messages: Sequence[RawMessage], deps: Deps, now_ms: int) 
     if result.alerts:
         await deps.kafka.send_alerts(result.alerts)
     return result
+
+
+async def _read_sums(
+    rules: RuleSet, deps: Deps, reads: list[WindowRead], eval_ms: int
+) -> dict[WindowRead, dict[str, float]]:
+    """The window sums the rules need, in two rounds: first the tenants' (and global) windows,
+    then only the entity windows that their tenant's figures leave a chance to fire."""
+    bounds = bound_reads(rules, reads)
+    first = list(dict.fromkeys([*(r for r in reads if r[1] not in NESTED_SCOPES), *bounds]))
+    read = deps.windows.read_windows
+    sums = dict(zip(first, await read(first, eval_ms, rules.zone), strict=True))
+    rest = prune_reads(rules, (r for r in reads if r[1] in NESTED_SCOPES), sums)
+    if rest:
+        sums.update(zip(rest, await read(rest, eval_ms, rules.zone), strict=True))
+    return sums
 
 
 async def _unpriced_alerts(items: list[PricedEvent], deps: Deps, now_ms: int) -> list[Alert]:
@@ -205,7 +222,8 @@ async def _budget_outcomes(
     """
     out = []
     for hit in evaluate_budgets(rules, sums):
-        left_s = max((calendar_end_ms(hit.rule.window, eval_ms) - eval_ms) // 1000, 1)
+        end_ms = calendar_end_ms(hit.rule.window, eval_ms, rules.zone(hit.tenant_id))
+        left_s = max((end_ms - eval_ms) // 1000, 1)
         newly = [
             fraction
             for fraction in hit.crossed

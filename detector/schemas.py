@@ -45,6 +45,7 @@ class AlertKind(StrEnum):
     anomaly = "anomaly"
     abuse = "abuse"
     unpriced_model = "unpriced_model"
+    digest = "digest"  # the daily or weekly spend digest (reports), not an incident
 
 
 class Strictness(IntEnum):

@@ -9,6 +9,7 @@ from redis.asyncio import Redis
 from detector.config import Settings
 from detector.errors import ConfigError
 from detector.keys import GLOBAL_TENANT
+from detector.rules.loader import load_rules
 from detector.schemas import Scope
 from detector.windows.buckets import WINDOWS
 from detector.windows.counters import WindowStore
@@ -32,11 +33,13 @@ async def read_spend(
         entity = tenant
     elif not entity:
         raise ConfigError(f"--id is required for scope {scope.value}")
+    rules = load_rules(settings.rules)  # calendar windows follow the tenant's time zone
+    zone = rules.zone(tenant) if scope is not Scope.global_ else None
     redis = Redis.from_url(settings.redis_url)
     try:
         store = WindowStore(redis, settings.dedup_horizon_s)
         [metrics] = await store.read_windows(
-            [(tenant, scope, entity, window)], time.time_ns() // 1_000_000
+            [(tenant, scope, entity, window)], time.time_ns() // 1_000_000, rules.zone
         )
     finally:
         await redis.aclose()
@@ -45,5 +48,6 @@ async def read_spend(
         "tenant_id": tenant,
         "id": entity,
         "window": window,
+        "time_zone": str(zone or "UTC"),
         "metrics": metrics,
     }

@@ -1,12 +1,13 @@
-"""The worker process: a faust app that owns lifecycle, timers and the alert notifier agent,
+"""The worker process: a faust app that owns lifecycle, timers and the alert notifier task,
 with the events topic consumed in batches by aiokafka inside it.
 
 Why both: faust's per-event stream machinery costs 100-180 us of CPU per event, which caps a
 worker at a few thousand events/s (see README, "Why the hot path bypasses faust streams").
 The events topic is therefore read with aiokafka's `getmany`, one batch per Redis round trip,
 and its offsets are committed only after the batch's effects are in Redis and Kafka. Faust runs
-everything else: start-up and shutdown, signal handling, the rules reload timer, and the agent
-that delivers alerts from the `llm.cost.alerts` outbox to Slack at its own pace.
+everything else: start-up and shutdown, signal handling, the rules reload timer, and the task
+that delivers alerts from the `llm.cost.alerts` outbox to Slack at its own pace (also read with
+aiokafka, so that its offsets are committed only after Redis records each post).
 """
 
 from __future__ import annotations
@@ -29,14 +30,13 @@ from detector import keys
 from detector.anomaly.watch import AnomalyWatch
 from detector.config import Settings
 from detector.decisions.store import DecisionStore
-from detector.errors import SinkError
 from detector.pipeline import Deps, handle_batch
 from detector.pricing import PriceTable
+from detector.reports.digest import DigestSender
 from detector.rules.holder import RulesHolder
-from detector.schemas import Alert
-from detector.sinks.base import Sink
 from detector.sinks.kafka import KafkaSink
-from detector.sinks.slack import RetryableSinkError, make_sink
+from detector.sinks.outbox import AlertsConsumer
+from detector.sinks.slack import SlackClient, slack_configured
 from detector.windows.counters import WindowStore
 
 log = logging.getLogger("detector.worker")
@@ -49,8 +49,10 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def build_app(settings: Settings, rules: RulesHolder, prices: PriceTable) -> Any:
-    """The faust app with its tasks, agent and timers registered."""
+def build_app(
+    settings: Settings, rules: RulesHolder, prices: PriceTable, slack: SlackClient | None = None
+) -> Any:
+    """The faust app with its tasks and timers registered."""
     app = faust.App(
         settings.consumer_group,
         broker=f"kafka://{settings.kafka_bootstrap}",
@@ -64,26 +66,29 @@ def build_app(settings: Settings, rules: RulesHolder, prices: PriceTable) -> Any
         broker_session_timeout=6.0,
         broker_heartbeat_interval=2.0,
     )
-    alerts_topic = app.topic(
-        settings.topic(keys.TOPIC_ALERTS), value_serializer="raw", key_serializer="raw"
-    )
 
     @app.task  # type: ignore[untyped-decorator]
     async def consume_events() -> None:
         await EventsConsumer(settings, rules, prices).run()
 
-    @app.agent(alerts_topic)
-    async def notify(stream: Any) -> None:
-        sink = make_sink(settings)
-        try:
-            async for raw in stream:
-                await deliver(sink, raw)
-        finally:
-            await sink.close()
+    @app.task  # type: ignore[untyped-decorator]
+    async def notify() -> None:
+        await AlertsConsumer(settings, slack, lambda rule_id: _cooldown_s(rules, rule_id)).run()
 
     @app.timer(interval=2.0)  # type: ignore[untyped-decorator]
     async def reload_rules() -> None:
         rules.reload_if_changed()
+
+    digests = DigestSender(settings)  # reads the plans file now: a bad one stops the worker
+    if digests.enabled:
+
+        @app.timer(interval=settings.digest_check_s)  # type: ignore[untyped-decorator]
+        async def send_digests() -> None:
+            # Every worker checks; a Redis claim per period makes exactly one of them send.
+            try:
+                await digests.tick(now_ms())
+            except Exception:  # a failed check must not stop the timer; the next one retries
+                log.exception("digest check failed")
 
     @app.task  # type: ignore[untyped-decorator]
     async def reload_on_sighup() -> None:
@@ -91,33 +96,6 @@ def build_app(settings: Settings, rules: RulesHolder, prices: PriceTable) -> Any
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, rules.reload)
 
     return app
-
-
-async def deliver(sink: Sink, raw: bytes) -> None:
-    """Deliver one alert from the outbox, retrying with backoff until Slack takes it."""
-    try:
-        alert = Alert.model_validate_json(raw)
-    except ValueError:
-        log.error("alerts topic holds a message that is not an alert; skipped: %r", raw[:200])
-        return
-    delay_s = 0.5
-    while True:
-        try:
-            await sink.send_alert(alert)
-            return
-        except RetryableSinkError as exc:
-            wait_s = exc.retry_after_s if exc.retry_after_s is not None else delay_s
-            log.warning(
-                "alert %s not delivered (%s); retrying in %.1fs", alert.alert_id, exc, wait_s
-            )
-            await asyncio.sleep(wait_s)
-        except SinkError as exc:
-            # Slack refused the message itself (bad channel, bad token): retrying cannot help.
-            log.error(
-                "alert %s refused by the sink, kept on the alerts topic: %s", alert.alert_id, exc
-            )
-            return
-        delay_s = min(delay_s * 2, RETRY_MAX_S)
 
 
 class EventsConsumer:
@@ -234,10 +212,19 @@ async def _commit(consumer: AIOKafkaConsumer, polled: Polled) -> None:
         log.warning("offset commit failed (%r); the events will be re-read and deduplicated", exc)
 
 
+def _cooldown_s(rules: RulesHolder, rule_id: str) -> int | None:
+    for rule in rules().rules:
+        if rule.id == rule_id:
+            return rule.cooldown_s
+    return None
+
+
 def run_worker(settings: Settings, rules: RulesHolder, prices: PriceTable) -> None:
     """Run until SIGINT/SIGTERM."""
     (settings.data_dir / "faust").mkdir(parents=True, exist_ok=True)
-    app = build_app(settings, rules, prices)
+    # Slack settings are checked here, so that a bad one stops the worker before it starts.
+    slack = SlackClient(settings) if slack_configured(settings) else None
+    app = build_app(settings, rules, prices, slack)
     # faust narrates every service start and stop at INFO; our own loggers keep their level.
     loglevel = "DEBUG" if settings.log_level == "DEBUG" else "WARNING"
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)

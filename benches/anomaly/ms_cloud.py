@@ -111,7 +111,7 @@ def f1(p: float, r: float) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--detectors", default="combined,robust,seasonal")
+    parser.add_argument("--detectors", default="combined,robust,seasonal,level")
     parser.add_argument("--sensitivities", default="0.25,0.5,0.75")
     parser.add_argument("--tolerance", type=int, default=3)
     args = parser.parse_args(argv)

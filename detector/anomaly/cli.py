@@ -20,7 +20,7 @@ anomaly_app = typer.Typer(no_args_is_help=True, help="Run the anomaly models ove
 def score(
     series: Annotated[Path, typer.Argument(help="CSV with a 'timestamp,value' header (NAB's).")],
     detector: Annotated[
-        str, typer.Option("--detector", help="default, combined, robust or seasonal.")
+        str, typer.Option("--detector", help="default, combined, robust, seasonal or level.")
     ] = "default",
     sensitivity: Annotated[
         float, typer.Option("--sensitivity", help="0 to 1; higher = narrower band, more alerts.")

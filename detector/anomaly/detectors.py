@@ -14,6 +14,7 @@ from typing import Protocol
 from detector.anomaly.multivariate import HSTDetector
 from detector.anomaly.univariate import (
     CombinedModel,
+    LevelModel,
     RobustModel,
     SeasonalModel,
     Verdict,
@@ -44,7 +45,7 @@ class MultivariateDetector(Protocol):
     def learn_one(self, ts: float, x: Mapping[str, float]) -> None: ...
 
 
-UNIVARIATE: tuple[str, ...] = ("combined", "robust", "seasonal")
+UNIVARIATE: tuple[str, ...] = ("combined", "robust", "seasonal", "level")
 MULTIVARIATE: tuple[str, ...] = ("hst",)
 # Chosen by the NAB evaluation in benches/anomaly/nab.py (see benches/anomaly/README.md).
 DEFAULT_UNIVARIATE = "combined"
@@ -70,6 +71,8 @@ def make_univariate(
     chosen = DEFAULT_UNIVARIATE if name == "default" else name
     if chosen == "combined":
         return CombinedModel(sensitivity=sensitivity, interval_s=interval_s, warmup=warmup)
+    if chosen == "level":
+        return LevelModel(sensitivity=sensitivity, interval_s=interval_s, warmup=warmup)
     if chosen == "robust":
         return RobustModel(sensitivity=sensitivity, interval_s=interval_s, warmup=warmup)
     if chosen == "seasonal":

@@ -38,6 +38,8 @@ class HSTDetector:
     def _scaled(self, x: Mapping[str, float]) -> dict[str, float]:
         out: dict[str, float] = {}
         for name, value in x.items():
+            if not math.isfinite(value):
+                raise ValueError(f"x[{name!r}]: must be a finite number, got {value!r}")
             v = math.copysign(math.log1p(abs(value)), value)
             mean, var = self.means.get(name), self.vars.get(name)
             if mean is None or var is None:

@@ -27,6 +27,12 @@ _DAY_S = 86_400
 _SETTLE_ROWS = 20
 _PEAK_HALF_LIFE_S = 12 * 3600
 _PEAK_CAP = 4.0
+_MAX_Z = 1e30  # surprises are kept as float32, whose largest value is about 3.4e38
+
+
+def _check_finite(x: float) -> None:
+    if not math.isfinite(x):
+        raise ValueError(f"x: must be a finite number, got {x!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +136,7 @@ class BandModel:
     def __init__(self, *, sensitivity: float, interval_s: int, warmup: int | None) -> None:
         self.floor_k = band_floor(sensitivity)
         self.factor = band_factor(sensitivity)
-        self.abs_resid = stats.RollingQuantile(0.5, points(_DAY_S, interval_s, 64, 720))
+        self.abs_resid = stats.RollingQuantile(0.5, points(_DAY_S, interval_s, 64, 288))
         self.mean_abs_resid = stats.EWMean(fading_factor=0.01)
         self.abs_level = stats.EWMean(fading_factor=0.01)
         # About a week of 5-minute rows; long enough to have seen the usual bursts.
@@ -156,6 +162,7 @@ class BandModel:
         return max(self.floor_k, self.factor * max(self.recent_z.get(), self.peak_z))
 
     def score_one(self, ts: float, x: float) -> Verdict:
+        _check_finite(x)
         expected = self.expected()
         if expected is None:
             return Verdict(0.0, x, -math.inf, math.inf, False)
@@ -166,13 +173,14 @@ class BandModel:
         return Verdict(score_from_z(abs(x - expected) / spread, k), expected, low, high, True)
 
     def learn_one(self, ts: float, x: float) -> None:
+        _check_finite(x)
         expected = self.expected()
         if expected is not None:
             residual = abs(x - expected)
             if self.n >= _SETTLE_ROWS:
                 # Measured before the residual joins the spread, as score_one does; the first
                 # rows are left out because their spread is still a guess.
-                z = residual / self.spread()
+                z = min(residual / self.spread(), _MAX_Z)
                 self.recent_z.update(z)
                 cap = _PEAK_CAP * self.recent_z.get()
                 self.peak_z = max(self.peak_z * self.peak_decay, min(z, cap))
@@ -184,11 +192,11 @@ class BandModel:
 
 
 class RobustModel(BandModel):
-    """Rolling median of the last day (64 to 720 rows) as the expected value."""
+    """Rolling median of the last day of rows (at least 64, at most 288) as the expected value."""
 
     def __init__(self, *, sensitivity: float, interval_s: int, warmup: int | None) -> None:
         super().__init__(sensitivity=sensitivity, interval_s=interval_s, warmup=warmup)
-        self.median = stats.RollingQuantile(0.5, points(_DAY_S, interval_s, 64, 720))
+        self.median = stats.RollingQuantile(0.5, points(_DAY_S, interval_s, 64, 288))
 
     def expected(self) -> float | None:
         value = self.median.get() if self.n else None
@@ -222,7 +230,10 @@ class SeasonalModel(BandModel):
     def update_expected(self, x: float) -> None:
         self.last = x
         if self.model._initialized:
-            self.model.learn_one(x)  # type: ignore[no-untyped-call]
+            # As in LevelModel: a lone spike must not drag the level and the season with it.
+            centre, reach = float(self.expected() or 0.0), self.half_width() * self.spread()
+            clipped = min(centre + reach, max(centre - reach, x))
+            self.model.learn_one(clipped)  # type: ignore[no-untyped-call]
             return
         # river would seed an additive season with y / level (the multiplicative form, and a
         # division by zero on a zero level); we seed level, trend and season ourselves instead.
@@ -239,29 +250,51 @@ class SeasonalModel(BandModel):
         self.first = []
 
 
-class CombinedModel:
-    """Robust and seasonal together: anomalous when either finds the point outside its band.
+class LevelModel(BandModel):
+    """Exponentially weighted mean of recent rows (`river.stats.EWMean`, weight 0.3 on the newest,
+    each row clipped to the band) as the expected value: quick to follow a new level."""
 
-    The normal band is the overlap of the two bands (when they do not overlap, every value is
-    anomalous and the band shrinks to the middle of the gap). The seasonal half joins once it has
-    seen its first season; until then the robust half judges alone.
+    def __init__(self, *, sensitivity: float, interval_s: int, warmup: int | None) -> None:
+        super().__init__(sensitivity=sensitivity, interval_s=interval_s, warmup=warmup)
+        self.level = stats.EWMean(fading_factor=0.3)
+
+    def expected(self) -> float | None:
+        return float(self.level.get()) if self.n else None
+
+    def update_expected(self, x: float) -> None:
+        # A lone spike must not drag the level (or the row after it would look anomalous):
+        # the level learns x clipped to the band, so it moves to a new level over a few rows.
+        if self.n:
+            centre, reach = float(self.level.get()), self.half_width() * self.spread()
+            x = min(centre + reach, max(centre - reach, x))
+        self.level.update(x)
+
+
+class CombinedModel:
+    """Robust, seasonal and level models together: anomalous when any finds x outside its band.
+
+    The normal band is the overlap of the bands (when they do not overlap, every value is
+    anomalous and the band shrinks to the middle of the gap); the score is the largest. The
+    seasonal model joins once it has seen its first season; until then the others judge alone.
     """
 
     def __init__(self, *, sensitivity: float, interval_s: int, warmup: int | None) -> None:
-        self.robust = RobustModel(sensitivity=sensitivity, interval_s=interval_s, warmup=warmup)
-        self.seasonal = SeasonalModel(sensitivity=sensitivity, interval_s=interval_s, warmup=warmup)
+        self.parts: tuple[BandModel, ...] = tuple(
+            model(sensitivity=sensitivity, interval_s=interval_s, warmup=warmup)
+            for model in (RobustModel, SeasonalModel, LevelModel)
+        )
 
     def score_one(self, ts: float, x: float) -> Verdict:
-        first = self.robust.score_one(ts, x)
-        second = self.seasonal.score_one(ts, x)
-        if not second.warm:
-            return first
-        low, high = max(first.low, second.low), min(first.high, second.high)
+        verdicts = [part.score_one(ts, x) for part in self.parts]
+        first = verdicts[0]
+        judging = [v for v in verdicts if v.warm] if first.warm else [first]
+        low = max(v.low for v in judging)
+        high = min(v.high for v in judging)
         if low > high:
             low = high = (low + high) / 2.0
-        expected = min(high, max(low, (first.expected + second.expected) / 2.0))
-        return Verdict(max(first.score, second.score), expected, low, high, first.warm)
+        expected = min(high, max(low, statistics.median(v.expected for v in judging)))
+        return Verdict(max(v.score for v in judging), expected, low, high, first.warm)
 
     def learn_one(self, ts: float, x: float) -> None:
-        self.robust.learn_one(ts, x)
-        self.seasonal.learn_one(ts, x)
+        for part in self.parts:
+            part.learn_one(ts, x)

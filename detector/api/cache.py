@@ -38,6 +38,7 @@ class DecisionCache:
         self._entries: dict[Entity, tuple[float, Stored]] = {}
         self._live = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self._epoch = 0  # counts announced changes
         self.hits = 0
         self.misses = 0
@@ -50,10 +51,17 @@ class DecisionCache:
         self._task = asyncio.create_task(self._follow())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        self._stopping = True
+        task = self._task
+        if task is None:
+            return
+        # redis-py can swallow a cancellation that lands while it connects; cancel again
+        # until the follower is really gone, so that shutdown never hangs on it.
+        while not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=0.5)
+        with contextlib.suppress(asyncio.CancelledError, RedisError, OSError):
+            task.result()
 
     async def wait_live(self, timeout_s: float) -> bool:
         with contextlib.suppress(TimeoutError):
@@ -92,7 +100,7 @@ class DecisionCache:
 
     async def _follow(self) -> None:
         delay_s = 0.2
-        while True:
+        while not self._stopping:
             pubsub = self._redis.pubsub()
             try:
                 await pubsub.subscribe(keys.DECISIONS_CHANNEL)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from detector.reports.catalog import MAX_TOP, REPORTS
 from detector.schemas import IDENT_PATTERN, TENANT_PATTERN, Scope
 from detector.windows.buckets import WINDOWS
 
@@ -67,6 +68,23 @@ RESERVE_SCHEMA: dict[str, Any] = {
         "input_tokens": {"type": "integer", "minimum": 0, "maximum": 100000000},
         "output_tokens": {"type": "integer", "minimum": 0, "maximum": 100000000},
         "hold_s": {"type": "integer", "minimum": 1, "maximum": 3600},
+    },
+}
+
+_CELL = {"type": ["string", "number", "null"]}
+REPORT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["report", "title", "tenant_id", "period", "columns", "rows", "totals", "notes"],
+    "properties": {
+        "report": {"type": "string"},
+        "title": {"type": "string"},
+        "tenant_id": {"type": ["string", "null"]},
+        "period": {"type": "object"},
+        "compared_with": {"type": "object"},
+        "columns": {"type": "array", "items": {"type": "object"}},
+        "rows": {"type": "array", "items": {"type": "object", "additionalProperties": _CELL}},
+        "totals": {"type": "object", "additionalProperties": _CELL},
+        "notes": {"type": "array", "items": {"type": "string"}},
     },
 }
 
@@ -216,6 +234,48 @@ OPENAPI: dict[str, Any] = {
                 "responses": {
                     "200": {"description": "window metrics"},
                     "422": _ERROR,
+                    "503": {**_ERROR, "description": "rules unavailable"},
+                    **_AUTH_ERRORS,
+                },
+            }
+        },
+        "/v1/reports/{name}": {
+            "get": {
+                "summary": "A cost-attribution report (the same numbers as `detector report`)",
+                "parameters": [
+                    {
+                        "name": "name",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "enum": list(REPORTS)},
+                    },
+                    {
+                        "name": "tenant_id",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string", "pattern": "^$|" + TENANT_PATTERN},
+                    },
+                    _param("period", enum=["day", "week", "month"]),
+                    {
+                        "name": "at",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string", "pattern": "^$|^[0-9]{4}-[0-9]{2}-[0-9]{2}$"},
+                    },
+                    {
+                        "name": "top",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_TOP},
+                    },
+                ],
+                "responses": {
+                    "200": {
+                        "description": "the report",
+                        "content": {"application/json": {"schema": REPORT_SCHEMA}},
+                    },
+                    "422": _ERROR,
+                    "503": {"description": "Redis unreachable"},
                     **_AUTH_ERRORS,
                 },
             }

@@ -76,7 +76,13 @@ async def post_reserve(request: web.Request) -> web.Response:
     budgets = applicable(rules, ask.tenant_id, ask.named())
     try:
         result = await state.decisions.reservations.reserve(
-            ask.tenant_id, ask.request_id, amount_micros, budgets, ask.hold_s, at_ms
+            ask.tenant_id,
+            ask.request_id,
+            amount_micros,
+            budgets,
+            ask.hold_s,
+            at_ms,
+            zone=rules.zone(ask.tenant_id),
         )
     except (RedisError, OSError):
         # A reservation that cannot be checked is not granted, whatever fail_open says.

@@ -127,7 +127,9 @@ async def with_remaining(
         tenant = entities[0][0]
         named = {scope: entity for _, scope, entity in entities[1:]}
         budgets = applicable(rules, tenant, named)
-        held = await state.decisions.reservations.remaining(tenant, budgets, at_ms)
+        held = await state.decisions.reservations.remaining(
+            tenant, budgets, at_ms, rules.zone(tenant)
+        )
     except (RulesError, RedisError, OSError):
         return answer.model_copy(update={"degraded": True})
     if not held:
@@ -191,9 +193,16 @@ async def get_spend(request: web.Request) -> web.Response:
         entity = ident_param(request, "id") or ""
         if not entity:
             raise BadRequest(f"id is required for scope {scope.value}")
-    [metrics] = await state.windows.read_windows([(tenant, scope, entity, window)], now_ms())
+    try:
+        rules = state.current_rules()
+    except RulesError as exc:  # calendar windows depend on the tenant's time zone
+        return web.json_response({"error": f"rules unavailable: {exc}"}, status=503)
+    zone = rules.zone(tenant) if scope is not Scope.global_ else None
+    [metrics] = await state.windows.read_windows(
+        [(tenant, scope, entity, window)], now_ms(), rules.zone
+    )
     body = {"scope": scope.value, "tenant_id": tenant, "id": entity, "window": window}
-    return web.json_response({**body, "metrics": metrics})
+    return web.json_response({**body, "time_zone": str(zone or "UTC"), "metrics": metrics})
 
 
 async def healthz(request: web.Request) -> web.Response:

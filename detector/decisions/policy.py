@@ -145,7 +145,7 @@ def budget_outcome(
 ) -> Outcome:
     """Alert for a budget fraction reached; at the whole budget, its action until period end."""
     budget = hit.rule
-    period_end_ms = calendar_end_ms(budget.window, event_time_ms)
+    period_end_ms = calendar_end_ms(budget.window, event_time_ms, rules.zone(hit.tenant_id))
     enforce = fraction >= 1.0 and budget.action in (Action.throttle, Action.block)
     allowed = rules.allowed(hit.scope, hit.entity_id)
     share = f"{fraction:.0%}"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import tzinfo
 
 import orjson
 from redis.asyncio import Redis
@@ -123,9 +124,14 @@ class ReservationStore:
         budgets: Sequence[tuple[BudgetRule, str]],
         hold_s: int,
         now_ms: int,
+        zone: tzinfo | None = None,
     ) -> Reservation:
-        """Hold the amount against every budget, or nothing if any would go over."""
-        return await self._call(tenant, request_id, amount_usd_micros, budgets, hold_s, now_ms)
+        """Hold the amount against every budget, or nothing if any would go over.
+
+        `zone` is the tenant's time zone: its budget periods start at local midnight."""
+        return await self._call(
+            tenant, request_id, amount_usd_micros, budgets, hold_s, now_ms, zone=zone
+        )
 
     async def _call(
         self,
@@ -136,10 +142,11 @@ class ReservationStore:
         hold_s: int,
         now_ms: int,
         peek: bool = False,
+        zone: tzinfo | None = None,
     ) -> Reservation:
         asks = []
         for budget, entity in budgets:
-            size_s, starts = window_buckets(budget.window, now_ms)
+            size_s, starts = window_buckets(budget.window, now_ms, zone)
             prefix = f"{entity_prefix(tenant, budget.scope, entity)}{size_s}:"
             limit = round(budget.amount_for(entity) * 1_000_000)
             hold_key = keys.hold_key(tenant, budget.id, budget.scope, entity)
@@ -163,12 +170,16 @@ class ReservationStore:
         return Reservation(granted, held)
 
     async def remaining(
-        self, tenant: str, budgets: Sequence[tuple[BudgetRule, str]], now_ms: int
+        self,
+        tenant: str,
+        budgets: Sequence[tuple[BudgetRule, str]],
+        now_ms: int,
+        zone: tzinfo | None = None,
     ) -> list[Held]:
         """What is left of each budget after spend and open holds, without holding anything."""
         if not budgets:
             return []
-        result = await self._call(tenant, "", 0, budgets, 1, now_ms, peek=True)
+        result = await self._call(tenant, "", 0, budgets, 1, now_ms, peek=True, zone=zone)
         return result.budgets
 
     async def settle(self, by_tenant: dict[str, list[str]]) -> None:

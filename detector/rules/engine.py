@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from detector.rules.schema import (
+    BASE_METRICS,
     AbuseRule,
     BudgetRule,
     Comparison,
@@ -61,6 +62,7 @@ def reads_needed(rules: RuleSet, touched: Iterable[Target]) -> list[WindowRead]:
     wanted = [
         (rule_scope(r), r.read_window if isinstance(r, ThresholdRule) else r.window)
         for r in rules.rules
+        if not (isinstance(r, AbuseRule) and r.pattern == "shared_key")  # reads key reach only
     ]
     wanted += [(r.scope, r.earlier_window) for r in rules.rules if isinstance(r, GrowthRule)]
     wanted += [(b.scope, b.window) for b in rules.budgets]
@@ -73,6 +75,144 @@ def reads_needed(rules: RuleSet, touched: Iterable[Target]) -> list[WindowRead]:
         for window in windows_by_scope.get(scope, ()):
             out.append((tenant, scope, entity, window))
     return out
+
+
+# Scopes whose entities all lie inside one tenant: their window sums never exceed the tenant's.
+NESTED_SCOPES = frozenset({Scope.user, Scope.feature, Scope.model, Scope.api_key, Scope.session})
+_ADDITIVE = frozenset(BASE_METRICS)
+
+Sums = Mapping[str, float]
+# Given a window name, the tenant's sums over it (or None when unknown): could the rule fire?
+_Check = Callable[[str, Callable[[str], Sums | None]], bool]
+
+
+def bound_reads(rules: RuleSet, reads: Iterable[WindowRead]) -> list[WindowRead]:
+    """The tenant windows that bound the entity reads in `reads`, for `prune_reads`.
+
+    Every event an entity counts is also counted by its tenant, in the same atomic write, the
+    same buckets and the same filtered series or less. So an entity's sum of an additive metric
+    is at most its tenant's over the same window. When the tenant's figure cannot cross a rule,
+    no entity inside it can, and their reads are skipped.
+
+    >>> from detector.rules.loader import parse_rules
+    >>> rs = parse_rules("rules: [{id: r, scope: user, metric: cost_usd, window: 1h, "
+    ...                  "threshold: 5}]", "t.yaml")
+    >>> bound_reads(rs, [("acme", Scope.user, "u1", "1h"), ("acme", Scope.user, "u2", "1h")])
+    [('acme', <Scope.tenant: 'tenant'>, 'acme', '1h')]
+    """
+    readers = _readers(rules)
+    out: dict[WindowRead, None] = {}
+    for tenant, scope, _, window in reads:
+        if scope in NESTED_SCOPES:
+            for bound_window in readers.get((scope, window), {}).values():
+                for name in bound_window:
+                    out[(tenant, Scope.tenant, tenant, name)] = None
+    return list(out)
+
+
+def prune_reads(
+    rules: RuleSet, reads: Iterable[WindowRead], bounds: Mapping[WindowRead, Sums]
+) -> list[WindowRead]:
+    """`reads` without the entity reads that no rule could fire on, given the tenants' sums
+    (read as `bound_reads` asked). A read whose bound is missing is kept.
+
+    >>> from detector.rules.loader import parse_rules
+    >>> rs = parse_rules("rules: [{id: r, scope: user, metric: cost_usd, window: 1h, "
+    ...                  "threshold: 5}]", "t.yaml")
+    >>> reads = [("a", Scope.user, "u1", "1h"), ("b", Scope.user, "u2", "1h")]
+    >>> prune_reads(rs, reads, {("a", Scope.tenant, "a", "1h"): {"cost_usd": 4.0},
+    ...                         ("b", Scope.tenant, "b", "1h"): {"cost_usd": 6.0}})
+    [('b', <Scope.user: 'user'>, 'u2', '1h')]
+    """
+    readers = _readers(rules)
+    out = []
+    for read in reads:
+        tenant, scope, entity, window = read
+        checks = readers.get((scope, window)) if scope in NESTED_SCOPES else None
+        if not checks:
+            out.append(read)
+            continue
+
+        def bound(name: str, tenant: str = tenant) -> Sums | None:
+            return bounds.get((tenant, Scope.tenant, tenant, name))
+
+        if any(check(entity, bound) for check in checks):
+            out.append(read)
+    return out
+
+
+def _readers(rules: RuleSet) -> dict[tuple[Scope, str], dict[_Check, tuple[str, ...]]]:
+    """(scope, window read) -> the checks of every rule that uses that read, each with the
+    tenant windows it needs. A check answers whether the rule could fire on an entity."""
+    out: dict[tuple[Scope, str], dict[_Check, tuple[str, ...]]] = {}
+
+    def add(scope: Scope, window: str, check: _Check, needs: tuple[str, ...]) -> None:
+        out.setdefault((scope, window), {})[check] = needs
+
+    for rule in rules.rules:
+        if isinstance(rule, ThresholdRule):
+            add(rule.scope, rule.read_window, _threshold_check(rule), (rule.window,))
+        elif isinstance(rule, GrowthRule):
+            check = _growth_check(rule)
+            add(rule.scope, rule.window, check, (rule.window,))
+            add(rule.scope, rule.earlier_window, check, (rule.window,))
+        elif rule.pattern != "shared_key":
+            add(rule.target_scope, rule.window, _abuse_check(rule), (rule.window,))
+    for budget in rules.budgets:
+        add(budget.scope, budget.window, _budget_check(budget), (budget.window,))
+    return out
+
+
+def _threshold_check(rule: ThresholdRule) -> _Check:
+    def check(entity: str, bound: Callable[[str], Sums | None]) -> bool:
+        sums = bound(rule.window)
+        if sums is None or rule.metric not in _ADDITIVE:
+            return True  # a ratio has no bound from its tenant's
+        if sums.get("requests", 0.0) < rule.min_requests:
+            return False
+        return crosses(rule, sums.get(rule.metric, 0.0))
+
+    return check
+
+
+def _growth_check(rule: GrowthRule) -> _Check:
+    def check(entity: str, bound: Callable[[str], Sums | None]) -> bool:
+        sums = bound(rule.window)
+        if sums is None or rule.metric not in _ADDITIVE:
+            return True
+        current = sums.get(rule.metric, 0.0)
+        # grown() needs an earlier figure > 0 and >= min_base, and current >= factor * it.
+        return current > 0 and current >= rule.factor * rule.min_base
+
+    return check
+
+
+def _abuse_check(rule: AbuseRule) -> _Check:
+    def check(entity: str, bound: Callable[[str], Sums | None]) -> bool:
+        sums = bound(rule.window)
+        if sums is None:
+            return True
+        return (
+            _over(
+                ("requests", sums.get("requests", 0.0), rule.max_requests),
+                ("cost_usd", sums.get("cost_usd", 0.0), rule.max_cost_usd),
+            )
+            is not None
+        )
+
+    return check
+
+
+def _budget_check(budget: BudgetRule) -> _Check:
+    first = min(budget.alert_at)
+
+    def check(entity: str, bound: Callable[[str], Sums | None]) -> bool:
+        sums = bound(budget.window)
+        if sums is None:
+            return True
+        return sums.get("cost_usd", 0.0) >= first * budget.amount_for(entity)
+
+    return check
 
 
 def rule_scope(rule: ThresholdRule | GrowthRule | AbuseRule) -> Scope:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     BaseModel,
@@ -362,6 +363,27 @@ class RuleSet(_Strict):
     budgets: list[BudgetRule] = Field(default_factory=list)
     allow_list: dict[Scope, list[str]] = Field(default_factory=dict)
     anomaly: AnomalyRule | None = None  # online anomaly models; absent: none run
+    # Tenant -> IANA time zone: its calendar windows (today, week, month) and budget periods
+    # start at local midnight. Tenants not listed use UTC.
+    time_zones: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("time_zones")
+    @classmethod
+    def _known_zones(cls, value: dict[str, str]) -> dict[str, str]:
+        for tenant, name in value.items():
+            try:
+                ZoneInfo(name)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(
+                    f"{tenant}: unknown time zone {name!r} (expected an IANA name such as "
+                    "Europe/Paris or America/New_York)"
+                ) from None
+        return value
+
+    def zone(self, tenant: str) -> ZoneInfo | None:
+        """The tenant's time zone, None for UTC."""
+        name = self.time_zones.get(tenant)
+        return ZoneInfo(name) if name is not None else None
 
     @model_validator(mode="after")
     def _unique_ids(self) -> RuleSet:

@@ -9,7 +9,7 @@ windows (today, week, month) sum day buckets from the start of the UTC day, ISO 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 
 MINUTE_S = 60
 HOUR_S = 3600
@@ -27,7 +27,7 @@ BUCKET_SIZES: tuple[BucketSize, ...] = (
     BucketSize(MINUTE_S, 2 * HOUR_S),
     BucketSize(5 * MINUTE_S, 4 * HOUR_S),
     BucketSize(HOUR_S, 3 * DAY_S),
-    BucketSize(DAY_S, 40 * DAY_S),
+    BucketSize(DAY_S, 70 * DAY_S),  # reports compare a month with the one before
 )
 MAX_RETENTION_S = max(b.size_s + b.retention_s for b in BUCKET_SIZES)
 
@@ -114,10 +114,27 @@ def filtered(window: str, series: str) -> str:
     return f"{window}#{series}"
 
 
-def window_buckets(window: str, now_ms: int) -> tuple[int, list[int]]:
+# Key part of the day buckets aligned on a tenant's local midnight (tenants with a time zone).
+LOCAL_DAY = f"{DAY_S}z"
+
+
+def local_day_start_ms(ts_ms: int, zone: tzinfo) -> int:
+    """Epoch ms of the local midnight that starts the day holding ts_ms in `zone`.
+
+    >>> from zoneinfo import ZoneInfo
+    >>> local_day_start_ms(1_700_000_000_000, ZoneInfo("Asia/Tokyo"))  # 07:13 in Tokyo
+    1699974000000
+    """
+    return calendar_start_ms("today", ts_ms, zone)
+
+
+def window_buckets(
+    window: str, now_ms: int, zone: tzinfo | None = None
+) -> tuple[int | str, list[int]]:
     """(bucket size, bucket starts) summed to read `window` at now_ms.
 
-    A name made by `shifted` reads the window as it was that long before now_ms.
+    A name made by `shifted` reads the window as it was that long before now_ms. With a time
+    zone, calendar windows start at local midnight and sum the local day buckets (LOCAL_DAY).
 
     >>> window_buckets("5m", 600_000)
     (60, [360000, 420000, 480000, 540000, 600000])
@@ -129,11 +146,20 @@ def window_buckets(window: str, now_ms: int) -> tuple[int, list[int]]:
     window = window.partition("#")[0]
     if "@-" in window:
         base, _, earlier = window.partition("@-")
-        return window_buckets(base, now_ms - parse_duration_s(earlier) * 1000)
+        return window_buckets(base, now_ms - parse_duration_s(earlier) * 1000, zone)
     if window in SLIDING_WINDOWS:
         size_s, count = SLIDING_WINDOWS[window]
         last = bucket_start_ms(now_ms, size_s)
         return size_s, [last - i * size_s * 1000 for i in range(count - 1, -1, -1)]
+    if window in CALENDAR_WINDOWS and zone is not None:
+        day = datetime.fromtimestamp(calendar_start_ms(window, now_ms, zone) / 1000, tz=zone)
+        last = local_day_start_ms(now_ms, zone)
+        starts = []
+        while (start := int(day.timestamp() * 1000)) <= last:
+            starts.append(start)
+            after = day + timedelta(days=1)  # wall-clock arithmetic; the offset is redone
+            day = datetime(after.year, after.month, after.day, tzinfo=zone)
+        return LOCAL_DAY, starts
     if window in CALENDAR_WINDOWS:
         first = calendar_start_ms(window, now_ms)
         last = bucket_start_ms(now_ms, DAY_S)
@@ -141,15 +167,17 @@ def window_buckets(window: str, now_ms: int) -> tuple[int, list[int]]:
     raise ValueError(f"unknown window {window!r}; expected one of {', '.join(WINDOWS)}")
 
 
-def calendar_start_ms(window: str, now_ms: int) -> int:
-    """Start (UTC midnight) of the calendar day, ISO week or month that holds now_ms.
+def calendar_start_ms(window: str, now_ms: int, zone: tzinfo | None = None) -> int:
+    """Start (midnight, UTC unless a zone is given) of the calendar day, ISO week or month
+    that holds now_ms.
 
     >>> calendar_start_ms("week", 1_700_000_000_000)  # Tue 2023-11-14 -> Mon 2023-11-13
     1699833600000
     >>> calendar_start_ms("month", 1_700_000_000_000)
     1698796800000
     """
-    day = datetime.fromtimestamp(now_ms / 1000, tz=UTC).replace(
+    tz = zone or UTC
+    day = datetime.fromtimestamp(now_ms / 1000, tz=tz).replace(
         hour=0, minute=0, second=0, microsecond=0
     )
     if window == "week":
@@ -158,25 +186,28 @@ def calendar_start_ms(window: str, now_ms: int) -> int:
         day = day.replace(day=1)
     elif window != "today":
         raise ValueError(f"unknown calendar window {window!r}")
-    return int(day.timestamp() * 1000)
+    # Rebuilt from the date so that the zone's offset is the one in force at that midnight.
+    return int(datetime(day.year, day.month, day.day, tzinfo=tz).timestamp() * 1000)
 
 
-def calendar_end_ms(window: str, now_ms: int) -> int:
-    """End (next UTC midnight, Monday or 1st) of the calendar period that holds now_ms.
+def calendar_end_ms(window: str, now_ms: int, zone: tzinfo | None = None) -> int:
+    """End (next midnight, Monday or 1st; UTC unless a zone is given) of the calendar period
+    that holds now_ms.
 
     >>> calendar_end_ms("month", 1_700_000_000_000)  # 2023-11-14 -> 2023-12-01
     1701388800000
     >>> calendar_end_ms("week", 1_700_000_000_000) - calendar_start_ms("week", 1_700_000_000_000)
     604800000
     """
-    start = datetime.fromtimestamp(calendar_start_ms(window, now_ms) / 1000, tz=UTC)
+    tz = zone or UTC
+    start = datetime.fromtimestamp(calendar_start_ms(window, now_ms, zone) / 1000, tz=tz)
     if window == "today":
         end = start + timedelta(days=1)
     elif window == "week":
         end = start + timedelta(days=7)
     else:
         end = (start.replace(day=28) + timedelta(days=4)).replace(day=1)
-    return int(end.timestamp() * 1000)
+    return int(datetime(end.year, end.month, end.day, tzinfo=tz).timestamp() * 1000)
 
 
 def parse_duration_s(text: str) -> int:

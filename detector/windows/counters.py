@@ -21,6 +21,7 @@ import struct
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import tzinfo
 
 import orjson
 from redis.asyncio import Redis
@@ -30,10 +31,13 @@ from detector.pricing import Costs
 from detector.schemas import Scope, UsageEvent
 from detector.windows.buckets import (
     BUCKET_SIZES,
+    DAY_S,
     HOUR_S,
     LATE_MIN_BUCKET_S,
+    LOCAL_DAY,
     MINUTE_S,
     bucket_start_ms,
+    local_day_start_ms,
     window_buckets,
     writable_buckets,
 )
@@ -61,7 +65,11 @@ MONEY_METRICS = frozenset(
 WIDTH = len(METRICS)
 WINDOW_SCOPES: tuple[Scope, ...] = tuple(Scope)
 _PACKED = struct.Struct(f">{WIDTH}q")
-_SPAN_MS = {b.size_s: (b.size_s + b.retention_s) * 1000 for b in BUCKET_SIZES}
+_SPAN_MS: dict[int | str, int] = {b.size_s: (b.size_s + b.retention_s) * 1000 for b in BUCKET_SIZES}
+# A local day lasts 23 to 25 hours; its bucket is kept an hour longer than a UTC day's.
+_SPAN_MS[LOCAL_DAY] = _SPAN_MS[DAY_S] + HOUR_S * 1000
+
+Zones = Callable[[str], tzinfo | None]  # tenant -> its time zone, None for UTC
 
 # Lua pieces shared by both scripts: the counters' layout and an exact integer formatter.
 _LUA_FORMAT = "'>" + "i8" * WIDTH + "'"
@@ -73,7 +81,9 @@ local function int(v) return string.format('%d', v) end
 
 # KEYS[1]: the tenant's dedup prefix (declares the tenant's cluster slot).
 # ARGV[1]: JSON {"x": dedup horizon ms, "s": [[hour ms, [ids...]], ...],
-#                "k": [bucket key, ...], "p": [bucket time to live in ms, as text, ...]}
+#                "k": [bucket key, ...], "p": [bucket time to live in ms, as text, ...],
+#                "z": [[rank key, ttl ms, [member, micro-dollars, ...]], ...],
+#                "h": [[quality key, ttl ms, [field, increment, ...]], ...]}
 # Lifetimes are relative to the caller's clock (wall time in the worker, event time in a
 # backtest), so a replay of old events keeps its buckets as long as the live worker would.
 # ARGV[2]: the deltas of those buckets, packed one after another in the bucket layout.
@@ -115,6 +125,16 @@ for i, key in ipairs(p.k) do
     for f = 1, WIDTH do values[f] = values[f] + current[f] end
   end
   redis.call('SET', key, struct.pack(FORMAT, unpack(values, 1, WIDTH)), 'PX', expiries[i])
+end
+for _, group in ipairs(p.z) do
+  local key, flat = group[1], group[3]
+  for i = 1, #flat, 2 do redis.call('ZINCRBY', key, int(flat[i + 1]), flat[i]) end
+  redis.call('PEXPIRE', key, int(group[2]))
+end
+for _, group in ipairs(p.h) do
+  local key, flat = group[1], group[3]
+  for i = 1, #flat, 2 do redis.call('HINCRBY', key, flat[i], int(flat[i + 1])) end
+  redis.call('PEXPIRE', key, int(group[2]))
 end
 return dups
 """
@@ -223,10 +243,13 @@ class WindowStore:
         batch: Sequence[PricedEvent],
         now_ms: int,
         series: Callable[[UsageEvent], list[str]] | None = None,
+        zones: Zones | None = None,
     ) -> ApplyResult:
         """Count every event of the batch that was not counted before, exactly once.
 
         `series` names extra key prefixes an event also counts under (rules' filtered series).
+        `zones` gives a tenant's time zone, if it has one: its entities also get day buckets
+        that start at local midnight, for its calendar windows and budgets.
         """
         by_tenant: dict[str, dict[str, PricedEvent]] = defaultdict(dict)
         duplicates: list[PricedEvent] = []
@@ -242,7 +265,8 @@ class WindowStore:
             tenants = list(todo)
             pipe = self._redis.pipeline(transaction=False)
             for tenant in tenants:
-                payload, deltas = self._payload(todo[tenant], now_ms, series)
+                zone = zones(tenant) if zones is not None else None
+                payload, deltas = self._payload(todo[tenant], now_ms, series, zone)
                 await self._apply(keys=[dedup_prefix(tenant)], args=[payload, deltas], client=pipe)
             replies = await pipe.execute()
             retry: dict[str, list[PricedEvent]] = {}
@@ -264,6 +288,7 @@ class WindowStore:
         items: Sequence[PricedEvent],
         now_ms: int,
         series: Callable[[UsageEvent], list[str]] | None,
+        zone: tzinfo | None = None,
     ) -> tuple[bytes, bytes]:
         """The Lua call's arguments: JSON (dedup groups by hour, bucket keys and expiries)
         and the buckets' summed vectors, packed.
@@ -278,10 +303,12 @@ class WindowStore:
         late_before_ms = (
             now_ms - self._allowed_lateness_ms if self._allowed_lateness_ms is not None else None
         )
+        rollups = _DayRollups(now_ms)
         for it in items:
             ev = it.event
             by_hour[bucket_start_ms(ev.ts_ms, HOUR_S)].append(ev.event_id)
             vector = event_vector(it)
+            rollups.add(ev, vector[0])
             minute_ms = bucket_start_ms(ev.ts_ms, MINUTE_S)
             late = late_before_ms is not None and ev.ts_ms < late_before_ms
             prefixes = entity_prefixes(ev)
@@ -291,30 +318,45 @@ class WindowStore:
                 slot = (prefix, minute_ms, late)
                 total = minutes.get(slot)
                 minutes[slot] = vector if total is None else _add(total, vector)
-        sums: dict[tuple[str, int, int], list[int]] = {}
+        sums: dict[tuple[str, int | str, int], list[int]] = {}
+        local_days: dict[int, int] = {}  # minute start -> local day start, for a zoned tenant
         for (prefix, minute_ms, late), vector in minutes.items():
             # A bucket start depends only on the minute: every size is a multiple of 60 s.
-            for size_s, start_ms, _ in writable_buckets(minute_ms, now_ms, None):
-                if late and size_s < LATE_MIN_BUCKET_S:
-                    continue  # same rule as writable_buckets' allowed lateness
-                bucket = (prefix, size_s, start_ms)
+            buckets: list[tuple[int | str, int]] = [
+                (size_s, start_ms)
+                for size_s, start_ms, _ in writable_buckets(minute_ms, now_ms, None)
+                if not (late and size_s < LATE_MIN_BUCKET_S)  # writable_buckets' lateness rule
+            ]
+            if zone is not None and not prefix.startswith(_GLOBAL_PREFIX):
+                day_ms = local_days.get(minute_ms)
+                if day_ms is None:
+                    day_ms = local_days[minute_ms] = local_day_start_ms(minute_ms, zone)
+                if day_ms + _SPAN_MS[LOCAL_DAY] > now_ms:
+                    buckets.append((LOCAL_DAY, day_ms))
+            for size, start_ms in buckets:
+                bucket = (prefix, size, start_ms)
                 total = sums.get(bucket)
                 sums[bucket] = vector if total is None else _add(total, vector)
         bucket_keys, expiries, deltas = [], [], bytearray()
-        for (prefix, size_s, start_ms), vector in sums.items():
-            bucket_keys.append(f"{prefix}{size_s}:{start_ms}")
-            expiries.append(str(start_ms + _SPAN_MS[size_s] - now_ms))
+        for (prefix, size, start_ms), vector in sums.items():
+            bucket_keys.append(f"{prefix}{size}:{start_ms}")
+            expiries.append(str(start_ms + _SPAN_MS[size] - now_ms))
             deltas += _PACKED.pack(*vector)
         payload = {
             "x": self._dedup_horizon_ms,
             "s": [[hour, ids] for hour, ids in by_hour.items()],
             "k": bucket_keys,
             "p": expiries,
+            "z": rollups.ranks(),
+            "h": rollups.quality(),
         }
         return orjson.dumps(payload), bytes(deltas)
 
     async def read_windows(
-        self, requests: Sequence[tuple[str, Scope, str, str]], now_ms: int
+        self,
+        requests: Sequence[tuple[str, Scope, str, str]],
+        now_ms: int,
+        zones: Zones | None = None,
     ) -> list[dict[str, float]]:
         """Metrics of each (tenant, scope, entity, window), summed inside Redis.
 
@@ -330,7 +372,8 @@ class WindowStore:
             asks = []
             for index in by_owner[owner]:
                 tenant, scope, entity, window = requests[index]
-                size_s, starts = window_buckets(window, now_ms)
+                zone = zones(tenant) if zones is not None and owner != keys.GLOBAL_TENANT else None
+                size_s, starts = window_buckets(window, now_ms, zone)
                 series = window.partition("#")[2]
                 base = series_prefix(owner, series, entity) if series else None
                 prefix = f"{base or entity_prefix(tenant, scope, entity)}{size_s}:"
@@ -343,6 +386,84 @@ class WindowStore:
             for n, index in enumerate(by_owner[owner]):
                 out[index] = named_metrics(reply[n * WIDTH : (n + 1) * WIDTH])
         return out
+
+
+_DAY_SPAN_MS = _SPAN_MS[DAY_S]
+_GLOBAL_PREFIX = f"det:win:{{t:{keys.GLOBAL_TENANT}}}:"
+_RANKED_SCOPES = ("user", "feature", "model", "api_key", "session")
+
+
+class _DayRollups:
+    """One batch's additions to the daily roll-ups the reports read: per tenant and UTC day,
+    the cost of every entity of each scope (a sorted set, so top spenders and exact counts of
+    active entities are one read), the cost of each tenant, and the quality signal per model.
+    """
+
+    def __init__(self, now_ms: int) -> None:
+        self._now_ms = now_ms
+        self._ranks: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        self._quality: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        self._ttl: dict[str, int] = {}
+
+    def add(self, ev: UsageEvent, cost_micros: int) -> None:
+        day_ms = bucket_start_ms(ev.ts_ms, DAY_S)
+        ttl = day_ms + _DAY_SPAN_MS - self._now_ms
+        if ttl <= 0:
+            return  # older than the day buckets' retention: the roll-ups are gone too
+        tenant = ev.tenant_id
+        ranks = self._ranks
+        key = keys.rank_key(keys.GLOBAL_TENANT, "tenant", day_ms)
+        self._ttl[key] = ttl
+        ranks[key][tenant] += cost_micros
+        for scope, entity in (
+            ("user", ev.user_id),
+            ("feature", ev.feature),
+            ("model", ev.model),
+            ("api_key", ev.api_key_id),
+            ("session", ev.session_id),
+        ):
+            if entity is not None:
+                key = keys.rank_key(tenant, scope, day_ms)
+                self._ttl[key] = ttl
+                ranks[key][entity] += cost_micros
+        quality = quality_signal(ev.tags.get("quality"))
+        if quality is not None:
+            key = keys.quality_key(tenant, day_ms)
+            self._ttl[key] = ttl
+            fields = self._quality[key]
+            fields[f"{ev.model}|n"] += 1
+            fields[f"{ev.model}|q"] += quality
+            fields[f"{ev.model}|c"] += cost_micros
+
+    def ranks(self) -> list[list[object]]:
+        return [_flat_group(key, self._ttl[key], members) for key, members in self._ranks.items()]
+
+    def quality(self) -> list[list[object]]:
+        return [_flat_group(key, self._ttl[key], fields) for key, fields in self._quality.items()]
+
+
+def _flat_group(key: str, ttl_ms: int, values: dict[str, int]) -> list[object]:
+    flat: list[object] = []
+    for name, amount in values.items():
+        flat += (name, amount)
+    return [key, ttl_ms, flat]
+
+
+def quality_signal(text: str | None) -> int | None:
+    """An event's `tags.quality` in millionths, or None when absent or not a number in [0, 1].
+
+    >>> quality_signal("0.75"), quality_signal("1"), quality_signal("1.5"), quality_signal("nan")
+    (750000, 1000000, None, None)
+    """
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    if not 0.0 <= value <= 1.0:  # also refuses nan
+        return None
+    return round(value * 1_000_000)
 
 
 def series_prefix(tenant: str, series: str, entity: str) -> str:

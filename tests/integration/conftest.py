@@ -72,6 +72,8 @@ def settings_factory(run_id: str, tmp_path: Path, redis: Redis) -> Callable[...,
             "rules": tmp_path / "rules.yaml",
         }
         values.update(overrides)
+        if not (tmp_path / "rules.yaml").exists():
+            (tmp_path / "rules.yaml").write_text("rules: []\n")  # a test may write its own
         return Settings(**values)
 
     return build

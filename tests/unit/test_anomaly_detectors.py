@@ -98,7 +98,7 @@ def test_flat_series_does_not_give_an_empty_band() -> None:
     for i in range(500):
         model.learn_one(i * 60.0, 3.0)
     same = model.score_one(500 * 60.0, 3.0)
-    assert same.warm and same.score == 0.0
+    assert same.warm and same.score < 1e-6
     assert same.low < 3.0 < same.high
     assert model.score_one(500 * 60.0, 30.0).score > 0.95
 
@@ -220,3 +220,40 @@ def test_band_widens_after_a_spike_and_relaxes_again(name: str) -> None:
     assert aftershock.score < first.score
     assert later.score > 0.99
     assert later.high - later.low < 1.5 * (first.high - first.low)
+
+
+@pytest.mark.parametrize("name", UNIVARIATE)
+def test_a_lone_spike_does_not_make_the_next_normal_rows_anomalous(name: str) -> None:
+    rng = random.Random(11)
+    model = trained(name, 2 * 1440)
+    row = 2 * 1440
+    assert model.score_one(row * 60.0, 400.0).score > 0.9
+    model.learn_one(row * 60.0, 400.0)
+    for row in range(2 * 1440 + 1, 2 * 1440 + 30):
+        x = wave(row, rng)
+        assert model.score_one(row * 60.0, x).score < 0.5
+        model.learn_one(row * 60.0, x)
+
+
+@pytest.mark.parametrize("name", UNIVARIATE)
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_non_finite_values_are_refused(name: str, bad: float) -> None:
+    model = trained(name, 200)
+    with pytest.raises(ValueError, match="x: must be a finite number, got"):
+        model.score_one(0.0, bad)
+    with pytest.raises(ValueError, match="x: must be a finite number, got"):
+        model.learn_one(0.0, bad)
+
+
+def test_a_huge_value_does_not_overflow_the_model() -> None:
+    model = make_univariate("default", interval_s=60)
+    for i in range(200):
+        model.learn_one(i * 60.0, 0.0)
+    model.learn_one(200 * 60.0, 1e300)
+    assert model.score_one(201 * 60.0, 1e300).score <= 1.0
+
+
+def test_hst_refuses_a_non_finite_feature() -> None:
+    model = make_multivariate("hst", interval_s=60, warmup=0)
+    with pytest.raises(ValueError, match=r"x\['cost_usd'\]: must be a finite number, got nan"):
+        model.learn_one(0.0, {"cost_usd": math.nan, "requests": 1.0})

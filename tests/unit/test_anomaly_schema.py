@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from detector.anomaly.detectors import UNIVARIATE
 from detector.errors import RulesError
 from detector.rules.loader import load_rules, parse_rules
 from detector.schemas import Action, Scope
@@ -22,8 +23,8 @@ EXPECTED: dict[str, str] = {
         "api_key, got ['tenant', 'session']"
     ),
     "detector.yaml": (
-        "detector.yaml: anomaly.detector: must be default or one of combined, robust, seasonal, "
-        "got 'prophet'"
+        "detector.yaml: anomaly.detector: must be default or one of "
+        f"{', '.join(UNIVARIATE)}, got 'prophet'"
     ),
     "interval.yaml": (
         "interval.yaml: anomaly.interval: must divide a day into whole intervals of at least "
