@@ -200,18 +200,25 @@ class AnomalyWatch:
     ) -> None:
         """Make sure every wanted entity has an up-to-date state in memory, within the caps.
 
-        A state held in memory that saw the interval just before is current: this worker owned
-        the entity's partition throughout. Any other is checked against Redis's index.
+        A state held in memory whose last interval is followed, without a gap, by intervals
+        that just ended is current: this worker saw the entity throughout. Any other is checked
+        against Redis's index (after a gap, or for an interval closing late, another worker
+        may have learned on).
         """
         sig = signature(rule)
         wanted = list(groups)
         interval_ms = rule.interval_s * 1000
+        # An interval closing long after its end (its partition moved away meanwhile) may be
+        # older than what another worker has stored since.
+        watermark_ms = self._book.watermark_ms if self._book is not None else 0
+        recent_after_ms = watermark_ms - 2 * interval_ms - rule.grace_s * 1000
         unsure = [
             key
             for key, intervals in groups.items()
             if (held := self._states.get(key)) is None
             or held.signature != sig
-            or held.last_start_ms < intervals[0].start_ms - interval_ms
+            or not _follows(held.last_start_ms, intervals, interval_ms)
+            or intervals[0].start_ms < recent_after_ms
         ]
         marks = await self._store.marks(unsure)
         reload = [
@@ -302,6 +309,16 @@ def _judge(rule: AnomalyRule, state: EntityState, iv: ClosedInterval) -> Interva
     if anomalous and x >= rule.min_spend_usd:
         return IntervalHit(iv, verdict, [])
     return None
+
+
+def _follows(last_start_ms: int, intervals: list[ClosedInterval], interval_ms: int) -> bool:
+    """True when the intervals continue right after `last_start_ms`, one after another."""
+    previous = last_start_ms
+    for iv in intervals:
+        if iv.start_ms != previous + interval_ms:
+            return False
+        previous = iv.start_ms
+    return True
 
 
 def _fold_into_tenants(hits: list[IntervalHit]) -> list[IntervalHit]:

@@ -227,3 +227,27 @@ anomaly:
                 ("throttle", "spend-anomaly", 120)
             ]
             assert [d.rule_id for r in results for d in r.decisions] == ["spend-anomaly"]
+
+
+async def test_a_partition_that_moves_away_and_back_does_not_roll_the_model_back(
+    pipeline_deps_factory: Callable[[str], Deps], redis: Redis
+) -> None:
+    rules = "anomaly: {scopes: [tenant], warmup: 20, persist_every: 1, outliers: null}\n"
+    deps = pipeline_deps_factory(rules)
+    first, second = with_models(deps, redis), with_models(deps, redis)
+    assert first.anomaly is not None and second.anomaly is not None
+    key = ("acme", Scope.tenant, "acme")
+    start = now_ms() - 90 * MINUTE_MS
+    start -= start % MINUTE_MS
+    await play(first, start, range(20), 10, (0.03, 0.07))  # the first worker owns acme
+    learned_first = first.anomaly.state_of(key)
+    assert learned_first is not None and learned_first.intervals == 19  # minutes 0-18 closed
+    await play(second, start, range(20, 40), 10, (0.03, 0.07))  # the partition moved
+    by_second = second.anomaly.state_of(key)
+    # Loaded from Redis, then learned on: minutes 20-38 (minute 19 was split by the move, and
+    # each worker's part of it is dropped, as after a restart).
+    assert by_second is not None and by_second.intervals == 19 + 19
+    await play(first, start, range(40, 42), 10, (0.03, 0.07))  # and moved back
+    back = first.anomaly.state_of(key)
+    assert back is not None and back is not learned_first, "the stale copy must be replaced"
+    assert back.intervals == 38 + 1 and back.last_start_ms == start + 40 * MINUTE_MS
