@@ -104,9 +104,9 @@ class AnomalyRule(_Acting):
     # After this many anomalous intervals in a row the new level is learned as normal: by then
     # it has been alerted on (and acted on) and is either fixed or deliberate.
     relearn_after: int = Field(default=60, ge=1)
-    # A model's state is written to Redis after this many of its intervals closed (and at its
-    # first): a worker that dies loses at most that much learning, and Redis takes 1/N the writes.
-    persist_every: int = Field(default=5, ge=1)
+    # A model's state is written to Redis after every this many of its intervals: a worker that
+    # dies loses at most that much learning, and Redis takes 1/N of the writes.
+    persist_every: int = Field(default=10, ge=1)
     grace_s: int = Field(default=10, alias="grace")  # wait for late events before closing
     max_models: int = Field(default=10_000, ge=1)  # per tenant; the tenant's own always fits
     idle_expiry_s: int = Field(default=7 * 86400, alias="idle_expiry")
