@@ -17,6 +17,7 @@ seen, and counts nothing twice.
 
 from __future__ import annotations
 
+import operator
 import struct
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -319,20 +320,15 @@ class WindowStore:
                 total = minutes.get(slot)
                 minutes[slot] = vector if total is None else _add(total, vector)
         sums: dict[tuple[str, int | str, int], list[int]] = {}
-        local_days: dict[int, int] = {}  # minute start -> local day start, for a zoned tenant
+        # (minute start, late, local days too) -> the buckets such a minute's sum goes to
+        spread: dict[tuple[int, bool, bool], list[tuple[int | str, int]]] = {}
         for (prefix, minute_ms, late), vector in minutes.items():
-            # A bucket start depends only on the minute: every size is a multiple of 60 s.
-            buckets: list[tuple[int | str, int]] = [
-                (size_s, start_ms)
-                for size_s, start_ms, _ in writable_buckets(minute_ms, now_ms, None)
-                if not (late and size_s < LATE_MIN_BUCKET_S)  # writable_buckets' lateness rule
-            ]
-            if zone is not None and not prefix.startswith(_GLOBAL_PREFIX):
-                day_ms = local_days.get(minute_ms)
-                if day_ms is None:
-                    day_ms = local_days[minute_ms] = local_day_start_ms(minute_ms, zone)
-                if day_ms + _SPAN_MS[LOCAL_DAY] > now_ms:
-                    buckets.append((LOCAL_DAY, day_ms))
+            zoned = zone is not None and not prefix.startswith(_GLOBAL_PREFIX)
+            buckets = spread.get((minute_ms, late, zoned))
+            if buckets is None:
+                buckets = spread[(minute_ms, late, zoned)] = _spread(
+                    minute_ms, late, zone if zoned else None, now_ms
+                )
             for size, start_ms in buckets:
                 bucket = (prefix, size, start_ms)
                 total = sums.get(bucket)
@@ -493,7 +489,27 @@ def entity_prefixes(event: UsageEvent) -> list[str]:
 
 
 def _add(a: list[int], b: list[int]) -> list[int]:
-    return [x + y for x, y in zip(a, b, strict=True)]
+    return list(map(operator.add, a, b))
+
+
+def _spread(
+    minute_ms: int, late: bool, zone: tzinfo | None, now_ms: int
+) -> list[tuple[int | str, int]]:
+    """(size, start) of every bucket a minute's sum is added to: each bucket size still kept
+    (a late minute skips the short ones), and the local day for a zoned tenant's entities.
+
+    A bucket start depends only on the minute: every size is a multiple of 60 s.
+    """
+    out: list[tuple[int | str, int]] = [
+        (size_s, start_ms)
+        for size_s, start_ms, _ in writable_buckets(minute_ms, now_ms, None)
+        if not (late and size_s < LATE_MIN_BUCKET_S)  # writable_buckets' lateness rule
+    ]
+    if zone is not None:
+        day_ms = local_day_start_ms(minute_ms, zone)
+        if day_ms + _SPAN_MS[LOCAL_DAY] > now_ms:
+            out.append((LOCAL_DAY, day_ms))
+    return out
 
 
 def named_metrics(values: Sequence[int]) -> dict[str, float]:
@@ -519,10 +535,24 @@ def unpack_bucket(packed: bytes) -> list[int]:
 
 
 def touched_entities(items: Iterable[PricedEvent]) -> set[Touched]:
-    out = set()
+    # Deduplicated as plain tuples first: a frozen dataclass hashes in Python, a tuple in C.
+    seen: set[tuple[str, Scope, str]] = set()
+    add = seen.add
+    glob, tenant_scope = Scope.global_, Scope.tenant
+    nested = (
+        (Scope.user, "user_id"),
+        (Scope.feature, "feature"),
+        (Scope.model, "model"),
+        (Scope.api_key, "api_key_id"),
+        (Scope.session, "session_id"),
+    )
     for it in items:
-        for scope in WINDOW_SCOPES:
-            entity = it.event.entity(scope)
+        ev = it.event
+        tenant = ev.tenant_id
+        add((tenant, glob, "all"))
+        add((tenant, tenant_scope, tenant))
+        for scope, field in nested:
+            entity = getattr(ev, field)
             if entity is not None:
-                out.add(Touched(it.event.tenant_id, scope, entity))
-    return out
+                add((tenant, scope, entity))
+    return {Touched(*t) for t in seen}
