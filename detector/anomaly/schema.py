@@ -7,37 +7,13 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from detector.rules.fields import duration_s, rule_action
 from detector.schemas import Action, Scope, Severity
-from detector.windows.buckets import parse_duration_s
 
 # Scopes a spend series can be kept for: sessions are too short-lived to learn a normal from,
 # and the global scope has no owner to act on.
 SERIES_SCOPES = (Scope.tenant, Scope.user, Scope.feature, Scope.model, Scope.api_key)
 OUTLIER_SCOPES = (Scope.tenant, Scope.user, Scope.feature, Scope.api_key)
-
-
-def _duration_s(value: object) -> int:
-    message = "must be a duration such as 30s, 15m, 1h or 1d"
-    if isinstance(value, bool):
-        raise ValueError(message)
-    if isinstance(value, int):
-        seconds = value
-    elif isinstance(value, str):
-        try:
-            seconds = parse_duration_s(value)
-        except ValueError:
-            raise ValueError(message) from None
-    else:
-        raise ValueError(message)
-    if seconds <= 0:
-        raise ValueError("must be > 0s")
-    return seconds
-
-
-def _not_allow(value: Action) -> Action:
-    if value is Action.allow:
-        raise ValueError("must be alert, throttle or block (allow is for overrides)")
-    return value
 
 
 class _Acting(BaseModel):
@@ -54,8 +30,8 @@ class _Acting(BaseModel):
     cooldown_s: int = Field(default=1800, alias="cooldown")
     shadow: bool = False
 
-    _durations = field_validator("for_s", "cooldown_s", mode="before")(_duration_s)
-    _action = field_validator("action")(_not_allow)
+    _durations = field_validator("for_s", "cooldown_s", mode="before")(duration_s)
+    _action = field_validator("action")(rule_action)
 
 
 class OutlierRule(_Acting):
@@ -112,14 +88,14 @@ class AnomalyRule(_Acting):
     idle_expiry_s: int = Field(default=7 * 86400, alias="idle_expiry")
     outliers: OutlierRule | None = Field(default_factory=OutlierRule)
 
-    _more_durations = field_validator("interval_s", "idle_expiry_s", mode="before")(_duration_s)
+    _more_durations = field_validator("interval_s", "idle_expiry_s", mode="before")(duration_s)
 
     @field_validator("grace_s", mode="before")
     @classmethod
     def _grace(cls, value: object) -> int:
         if value in (0, "0", "0s"):
             return 0
-        return _duration_s(value)
+        return duration_s(value)
 
     @field_validator("scopes")
     @classmethod

@@ -17,6 +17,7 @@ from pydantic import (
 )
 
 from detector.anomaly.schema import AnomalyRule
+from detector.rules.fields import duration_s, rule_action
 from detector.schemas import Action, Scope, Severity, UsageEvent
 from detector.windows.buckets import (
     BUCKET_SIZES,
@@ -50,24 +51,6 @@ def _known_metric(value: str) -> str:
     return value
 
 
-def _duration_s(value: object) -> int:
-    message = "must be a duration such as 30s, 15m, 1h or 1d"
-    if isinstance(value, bool):
-        raise ValueError(message)
-    if isinstance(value, int):
-        seconds = value
-    elif isinstance(value, str):
-        try:
-            seconds = parse_duration_s(value)
-        except ValueError:
-            raise ValueError(message) from None
-    else:
-        raise ValueError(message)
-    if seconds <= 0:
-        raise ValueError("must be > 0s")
-    return seconds
-
-
 def _sliding_window(value: str) -> str:
     if value not in WINDOW_LENGTH_S:
         raise ValueError(f"must be a sliding window: {', '.join(WINDOW_LENGTH_S)}")
@@ -81,12 +64,6 @@ def _global_only_alerts(scope: Scope, action: Action, what: str) -> None:
             f"action: a global {what} can only alert (there is no entity to "
             f"{action.value}), got {action.value!r}"
         )
-
-
-def _rule_action(value: Action) -> Action:
-    if value is Action.allow:
-        raise ValueError("must be alert, throttle or block (allow is for overrides)")
-    return value
 
 
 FilterField = Literal["user", "feature", "model", "api_key", "session", "provider", "status"]
@@ -135,8 +112,8 @@ class ThresholdRule(_Strict):
     where: dict[FilterField, str | list[str]] = Field(default_factory=dict)
 
     _metric = field_validator("metric")(_known_metric)
-    _durations = field_validator("for_s", "cooldown_s", mode="before")(_duration_s)
-    _action = field_validator("action")(_rule_action)
+    _durations = field_validator("for_s", "cooldown_s", mode="before")(duration_s)
+    _action = field_validator("action")(rule_action)
     _scope = field_validator("scope", mode="before")(_pair_scope)
 
     @property
@@ -193,8 +170,8 @@ class GrowthRule(_Strict):
     shadow: bool = False
 
     _metric = field_validator("metric")(_known_metric)
-    _durations = field_validator("for_s", "cooldown_s", mode="before")(_duration_s)
-    _action = field_validator("action")(_rule_action)
+    _durations = field_validator("for_s", "cooldown_s", mode="before")(duration_s)
+    _action = field_validator("action")(rule_action)
 
     _window = field_validator("window")(_sliding_window)
 
@@ -259,8 +236,8 @@ class AbuseRule(_Strict):
     cooldown_s: int = Field(default=600, alias="cooldown")
     shadow: bool = False
 
-    _durations = field_validator("for_s", "cooldown_s", "new_within_s", mode="before")(_duration_s)
-    _action = field_validator("action")(_rule_action)
+    _durations = field_validator("for_s", "cooldown_s", "new_within_s", mode="before")(duration_s)
+    _action = field_validator("action")(rule_action)
 
     _window = field_validator("window")(_sliding_window)
 
@@ -339,7 +316,7 @@ class BudgetRule(_Strict):
                 raise ValueError("each fraction must be in (0, 1]")
         return sorted(set(value))
 
-    _action = field_validator("action")(_rule_action)
+    _action = field_validator("action")(rule_action)
 
     @model_validator(mode="after")
     def _has_entity(self) -> BudgetRule:
