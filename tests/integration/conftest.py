@@ -6,6 +6,7 @@ import asyncio
 import os
 import socket
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -54,6 +55,23 @@ async def redis() -> AsyncIterator[Redis]:
 @pytest.fixture
 def run_id() -> str:
     return uuid.uuid4().hex[:10]
+
+
+async def wait_for(
+    check: Callable[[], Any], timeout_s: float, what: str, every_s: float = 0.1
+) -> Any:
+    """Poll `check` (a function, or one returning a coroutine) until it gives something truthy;
+    return that, or fail naming `what` after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        await asyncio.sleep(every_s)
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ prints the same kind of anomaly alert as JSON."""
 
 from __future__ import annotations
 
-import asyncio
 import random
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from detector.config import Settings
 from detector.slack_stub import SlackStub
 from detector.timefmt import rfc3339
 
-from .conftest import WorkerStarter, produce, settings_env
+from .conftest import WorkerStarter, produce, settings_env, wait_for
 
 MINUTE_MS = 60_000
 RULES = """
@@ -46,18 +45,6 @@ def minute(
         })
         for i in range(calls)
     ]  # fmt: skip
-
-
-async def wait_for(check: Callable[[], object], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        await asyncio.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
 async def test_model_survives_a_worker_kill_and_the_next_spike_reaches_slack(

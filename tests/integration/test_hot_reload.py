@@ -15,7 +15,7 @@ from detector.config import Settings
 from detector.decisions.store import DecisionStore
 from detector.schemas import Scope
 
-from .conftest import WorkerStarter, event_bytes, produce
+from .conftest import WorkerStarter, event_bytes, produce, wait_for
 
 RULE = """
 rules:
@@ -27,18 +27,6 @@ rules:
     action: block
     for: 10m
 """
-
-
-async def wait_until(check: Callable[[], object], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 async def test_rules_reload_on_change_and_on_sighup(
@@ -69,22 +57,22 @@ async def test_rules_reload_on_change_and_on_sighup(
 
     # $2 against a $100 threshold: nothing.
     await produce(settings, [spend("acme", 1)], [b"acme"])
-    await wait_until(lambda: log_says("consuming"), 60, "the worker to start")
+    await wait_for(lambda: log_says("consuming"), 60, "the worker to start")
     await asyncio.sleep(1.5)
     assert not await blocked("acme")
 
     # A bad edit is refused and the old rules stay.
     rules_path.write_text(RULE.format(threshold=-5))
-    await wait_until(lambda: log_says("rules reload refused"), 15, "the bad file to be refused")
+    await wait_for(lambda: log_says("rules reload refused"), 15, "the bad file to be refused")
     await produce(settings, [spend("acme", 2)], [b"acme"])
     await asyncio.sleep(1.5)
     assert not await blocked("acme")
 
     # A good edit takes effect: $6 is now over the $5 threshold.
     rules_path.write_text(RULE.format(threshold=5))
-    await wait_until(lambda: log_says("rules reloaded"), 15, "the new rules")
+    await wait_for(lambda: log_says("rules reloaded"), 15, "the new rules")
     await produce(settings, [spend("acme", 3)], [b"acme"])
-    await wait_until(lambda: blocked("acme"), 20, "acme to be blocked under the new rules")
+    await wait_for(lambda: blocked("acme"), 20, "acme to be blocked under the new rules")
 
     # SIGHUP reloads at once, even when the modification time did not move.
     stat = rules_path.stat()
@@ -96,9 +84,9 @@ async def test_rules_reload_on_change_and_on_sighup(
     async def reloaded_again() -> bool:
         return log_path.read_text(errors="replace").count("rules reloaded") > before
 
-    await wait_until(reloaded_again, 10, "SIGHUP to reload the rules")
+    await wait_for(reloaded_again, 10, "SIGHUP to reload the rules")
     await produce(settings, [spend("globex", 1)], [b"globex"])
-    await wait_until(lambda: blocked("globex"), 20, "globex ($2 > $1) to be blocked")
+    await wait_for(lambda: blocked("globex"), 20, "globex ($2 > $1) to be blocked")
     assert worker.returncode is None
     worker.send_signal(signal.SIGTERM)
     await asyncio.wait_for(worker.wait(), timeout=30)

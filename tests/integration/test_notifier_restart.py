@@ -23,7 +23,7 @@ from detector.schemas import Action, Alert, AlertKind, Scope, Severity
 from detector.slack_stub import SlackStub
 from detector.timefmt import rfc3339
 
-from .conftest import WorkerStarter
+from .conftest import WorkerStarter, wait_for
 
 N_FIRST = 30  # alerts for distinct (rule, entity)
 N_REPEATS = 10  # later alerts for the first ten entities
@@ -48,14 +48,6 @@ def alert(n: int, entity: str, tenant: str) -> Alert:
         created_at=rfc3339(at),
         message=f"cost_usd over 1h is {30 + n} (> 25) for user {entity}",
     )
-
-
-async def wait_for(check: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 def alert_id_of(message: dict[str, Any]) -> str:
@@ -111,7 +103,7 @@ async def test_sigkill_mid_delivery_posts_every_alert_exactly_once(
     else:
         env["DETECTOR_SLACK_WEBHOOK_URL"] = slack_stub.webhook_url
     first, first_log = await worker_factory(settings, "notifier-1", **env)
-    await wait_for(lambda: len(slack_stub.messages) >= 12, 60, "a dozen posts")
+    await wait_for(lambda: len(slack_stub.messages) >= 12, 60, "a dozen posts", every_s=0.05)
     first.send_signal(signal.SIGKILL)
     await first.wait()
     killed_at = len(slack_stub.messages)
@@ -123,7 +115,9 @@ async def test_sigkill_mid_delivery_posts_every_alert_exactly_once(
 
     wanted = {a.alert_id for a in alerts}
     try:
-        await wait_for(lambda: wanted <= set(posted_ids()), 150, "every alert in Slack")
+        await wait_for(
+            lambda: wanted <= set(posted_ids()), 150, "every alert in Slack", every_s=0.05
+        )
         await asyncio.sleep(3)  # anything still to come would be a duplicate
     finally:
         second.send_signal(signal.SIGTERM)

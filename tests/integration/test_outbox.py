@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -20,6 +19,8 @@ from detector.sinks.outbox import AlertsConsumer, alerts_group
 from detector.sinks.slack import SlackClient
 from detector.slack_stub import SlackStub
 from detector.timefmt import rfc3339
+
+from .conftest import wait_for
 
 
 def alert(n: int) -> Alert:
@@ -60,14 +61,6 @@ async def commit(settings: Settings, group: str, offsets: dict[TopicPartition, i
         await consumer.stop()
 
 
-async def wait_for(check: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
 @pytest.mark.timeout(90)
 async def test_upgrade_starts_where_the_faust_notifier_stopped(
     kafka_topics: Settings, slack_stub: SlackStub
@@ -85,7 +78,7 @@ async def test_upgrade_starts_where_the_faust_notifier_stopped(
     )
     task = asyncio.create_task(AlertsConsumer(settings, SlackClient(settings)).run())
     try:
-        await wait_for(lambda: len(slack_stub.messages) >= 1, 60, "the third alert")
+        await wait_for(lambda: len(slack_stub.messages) >= 1, 60, "the third alert", every_s=0.05)
         await asyncio.sleep(1.0)
     finally:
         task.cancel()
@@ -106,7 +99,7 @@ async def test_without_slack_alerts_are_logged_and_committed(
     caplog.set_level(logging.WARNING, logger="detector.sinks.outbox")
     task = asyncio.create_task(AlertsConsumer(kafka_topics, None).run())
     try:
-        await wait_for(lambda: "user u2" in caplog.text, 60, "the alerts in the log")
+        await wait_for(lambda: "user u2" in caplog.text, 60, "the alerts in the log", every_s=0.05)
         await asyncio.sleep(1.0)
     finally:
         task.cancel()

@@ -9,14 +9,13 @@ import shlex
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from detector.config import Settings
 from detector.slack_stub import SlackStub
 
-from .conftest import WorkerStarter, event_bytes, produce, settings_env
+from .conftest import WorkerStarter, event_bytes, produce, settings_env, wait_for
 
 RULES = """
 rules:
@@ -35,16 +34,6 @@ rules:
     threshold: 1.5
     severity: warning
 """
-
-
-async def wait_for(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
 @pytest.mark.timeout(180)

@@ -20,7 +20,7 @@ from detector.api.app import create_app
 from detector.config import Settings
 from detector.slack_stub import SlackStub
 
-from .conftest import WorkerStarter, event_bytes, free_port, produce, read_topic
+from .conftest import WorkerStarter, event_bytes, free_port, produce, read_topic, wait_for
 
 RULES = """
 rules:
@@ -33,18 +33,6 @@ rules:
     for: 10m
     severity: critical
 """
-
-
-async def wait_for(predicate: Callable[[], object], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        result = predicate()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        await asyncio.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
 async def test_event_to_block_to_slack_to_lookup(
