@@ -15,6 +15,7 @@ from detector.rules.schema import (
     ThresholdRule,
 )
 from detector.schemas import Scope
+from detector.windows.counters import NESTED_FIELDS
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +79,7 @@ def reads_needed(rules: RuleSet, touched: Iterable[Target]) -> list[WindowRead]:
 
 
 # Scopes whose entities all lie inside one tenant: their window sums never exceed the tenant's.
-NESTED_SCOPES = frozenset({Scope.user, Scope.feature, Scope.model, Scope.api_key, Scope.session})
+NESTED_SCOPES = frozenset(scope for scope, _ in NESTED_FIELDS)
 _ADDITIVE = frozenset(BASE_METRICS)
 
 Sums = Mapping[str, float]

@@ -65,6 +65,15 @@ MONEY_METRICS = frozenset(
 )
 WIDTH = len(METRICS)
 WINDOW_SCOPES: tuple[Scope, ...] = tuple(Scope)
+# The scopes inside a tenant, each with the event field that names its entity.
+NESTED_FIELDS: tuple[tuple[Scope, str], ...] = (
+    (Scope.user, "user_id"),
+    (Scope.feature, "feature"),
+    (Scope.model, "model"),
+    (Scope.api_key, "api_key_id"),
+    (Scope.session, "session_id"),
+)
+_GLOBAL_PREFIX = f"det:win:{{t:{keys.GLOBAL_TENANT}}}:"  # key prefix of the global scope
 _PACKED = struct.Struct(f">{WIDTH}q")
 _SPAN_MS: dict[int | str, int] = {b.size_s: (b.size_s + b.retention_s) * 1000 for b in BUCKET_SIZES}
 # A local day lasts 23 to 25 hours; its bucket is kept an hour longer than a UTC day's.
@@ -385,7 +394,6 @@ class WindowStore:
 
 
 _DAY_SPAN_MS = _SPAN_MS[DAY_S]
-_GLOBAL_PREFIX = f"det:win:{{t:{keys.GLOBAL_TENANT}}}:"
 _RANKED_SCOPES = ("user", "feature", "model", "api_key", "session")
 
 
@@ -411,15 +419,10 @@ class _DayRollups:
         key = keys.rank_key(keys.GLOBAL_TENANT, "tenant", day_ms)
         self._ttl[key] = ttl
         ranks[key][tenant] += cost_micros
-        for scope, entity in (
-            ("user", ev.user_id),
-            ("feature", ev.feature),
-            ("model", ev.model),
-            ("api_key", ev.api_key_id),
-            ("session", ev.session_id),
-        ):
+        for scope, field in NESTED_FIELDS:
+            entity = getattr(ev, field)
             if entity is not None:
-                key = keys.rank_key(tenant, scope, day_ms)
+                key = keys.rank_key(tenant, scope.value, day_ms)
                 self._ttl[key] = ttl
                 ranks[key][entity] += cost_micros
         quality = quality_signal(ev.tags.get("quality"))
@@ -475,16 +478,11 @@ def entity_prefixes(event: UsageEvent) -> list[str]:
     """Key prefixes of every entity the event belongs to, one per scope it names."""
     tenant = event.tenant_id
     tag = f"det:win:{{t:{tenant}}}:"
-    out = [f"det:win:{{t:{keys.GLOBAL_TENANT}}}:global:all:", f"{tag}tenant:{tenant}:"]
-    for scope, entity in (
-        ("user", event.user_id),
-        ("feature", event.feature),
-        ("model", event.model),
-        ("api_key", event.api_key_id),
-        ("session", event.session_id),
-    ):
+    out = [f"{_GLOBAL_PREFIX}global:all:", f"{tag}tenant:{tenant}:"]
+    for scope, field in NESTED_FIELDS:
+        entity = getattr(event, field)
         if entity is not None:
-            out.append(f"{tag}{scope}:{entity}:")
+            out.append(f"{tag}{scope.value}:{entity}:")
     return out
 
 
@@ -539,19 +537,12 @@ def touched_entities(items: Iterable[PricedEvent]) -> set[Touched]:
     seen: set[tuple[str, Scope, str]] = set()
     add = seen.add
     glob, tenant_scope = Scope.global_, Scope.tenant
-    nested = (
-        (Scope.user, "user_id"),
-        (Scope.feature, "feature"),
-        (Scope.model, "model"),
-        (Scope.api_key, "api_key_id"),
-        (Scope.session, "session_id"),
-    )
     for it in items:
         ev = it.event
         tenant = ev.tenant_id
         add((tenant, glob, "all"))
         add((tenant, tenant_scope, tenant))
-        for scope, field in nested:
+        for scope, field in NESTED_FIELDS:
             entity = getattr(ev, field)
             if entity is not None:
                 add((tenant, scope, entity))
