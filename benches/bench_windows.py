@@ -1,7 +1,7 @@
 """How fast the worker counts a realistic mix, and what each active user costs in Redis.
 
-    /tmp/probe-venv/bin/python benches/bench_windows.py [--events 100000] [--users 100000]
-        [--profile]
+    .venv/bin/python benches/bench_windows.py [--events 100000] [--users 100000]
+        [--profile] [--cases worker,memory]
 
 Cases, one line each:
 - worker_vs_bare_consumer: N events of a realistic mix (workloads.Mix: 1,000 tenants, 100,000
@@ -64,7 +64,14 @@ from detector.schemas import Scope, UsageEvent
 from detector.sinks.kafka import KafkaSink
 from detector.startup import ensure_topics
 from detector.windows.buckets import MAX_RETENTION_S
-from detector.windows.counters import ApplyResult, PricedEvent, WindowStore, Zones
+from detector.windows.counters import (
+    ApplyResult,
+    PricedEvent,
+    ReachNeeds,
+    Slot,
+    WindowStore,
+    Zones,
+)
 from detector.worker import EventsConsumer, now_ms
 
 log = logging.getLogger("bench_windows")
@@ -72,12 +79,16 @@ log = logging.getLogger("bench_windows")
 REDIS_DB = 13
 BATCH_EVENTS = 2000
 SAMPLE_KEYS = 200  # MEMORY USAGE calls per key kind
-# Dedup sets are few and their sizes follow the tenants' heavy tail, so a sample would be noisy.
-MEASURE_ALL_KINDS = frozenset({"seen"})
-COMMANDS = ("evalsha", "get", "set", "mget", "sadd", "smismember", "pexpire", "pexpireat")
+# Dedup sets and bucket hashes (one per tenant, scope and bucket) are few and their sizes follow
+# the tenants' heavy tail, so a sample would be noisy: every one of them is measured.
+MEASURE_ALL_KINDS = frozenset({"seen", *(scope.value for scope in Scope)})
+COMMANDS = (
+    "evalsha", "get", "set", "mget", "hget", "hmget", "hset", "zincrby", "pfadd", "sadd",
+    "smismember", "pexpire",
+)  # fmt: skip
 MB = 1024 * 1024
 GOAL_RATIO, GOAL_EPS = 0.15, 40_000  # the issue's target for the worker against the bare consumer
-_WIN_KEY = re.compile(rb"^det:win:\{t:[^}]*\}:([a-z_]+):.*:(\d+):\d+$")
+_WIN_KEY = re.compile(rb"^det:win:\{t:[^}]*\}:([a-z_]+):(\d+)z?:\d+$")  # scope, bucket size
 
 
 @dataclass
@@ -380,11 +391,12 @@ class StagedWindowStore(WindowStore):
         self,
         batch: Sequence[PricedEvent],
         now_ms: int,
-        series: Callable[[UsageEvent], list[str]] | None = None,
+        series: Callable[[UsageEvent], list[Slot]] | None = None,
         zones: Zones | None = None,
+        reach: ReachNeeds | None = None,
     ) -> ApplyResult:
         begun = await self._begin()
-        result = await super().apply_batch(batch, now_ms, series, zones)
+        result = await super().apply_batch(batch, now_ms, series, zones, reach)
         await self._end("apply_batch", begun)
         return result
 
@@ -484,11 +496,14 @@ async def main(args: argparse.Namespace) -> int:
             await workloads.produce(
                 settings.kafka_bootstrap, settings.topic(keys.TOPIC_EVENTS), messages
             )
-            print(await case_worker(settings, redis, rules, messages, args.timeout_s), flush=True)
-            for line in await case_memory(
-                settings, redis, args.users, args.tenants, args.events_per_user, args.seed
-            ):
+            if "worker" in args.cases:
+                line = await case_worker(settings, redis, rules, messages, args.timeout_s)
                 print(line, flush=True)
+            if "memory" in args.cases:
+                for line in await case_memory(
+                    settings, redis, args.users, args.tenants, args.events_per_user, args.seed
+                ):
+                    print(line, flush=True)
             if args.profile:
                 subset = workloads.to_messages(events[: args.profile_events], now_ms())
                 profile = await profile_section(settings, redis, rules, subset)
@@ -509,6 +524,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tenants", type=int, default=1000, help="tenants in both cases")
     parser.add_argument("--events-per-user", type=int, default=3, help="events per user, case 2")
     parser.add_argument("--profile", action="store_true", help="add the profile section")
+    parser.add_argument(
+        "--cases",
+        default="worker,memory",
+        type=lambda text: set(text.split(",")),
+        help="comma-separated cases to run: worker, memory (default both)",
+    )
     parser.add_argument("--profile-events", type=int, default=20_000)
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--timeout-s", type=float, default=300.0, help="per consumer in case 1")

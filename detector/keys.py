@@ -18,13 +18,16 @@ def _tag(tenant: str) -> str:
     return f"{{t:{tenant}}}"
 
 
-def window_key(tenant: str, scope: str, entity: str, bucket_s: int, bucket_start_ms: int) -> str:
-    """Hash of metric sums for one entity in one time bucket.
+def window_hash_key(
+    tenant: str, scope: str, bucket_s: int | str, bucket_start_ms: int | str
+) -> str:
+    """Hash of one time bucket of every entity of a scope (or of a rule's filtered series) in a
+    tenant: field = entity id, value = its packed counters.
 
-    >>> window_key("acme", "user", "u1", 60, 120000)
-    'det:win:{t:acme}:user:u1:60:120000'
+    >>> window_hash_key("acme", "user", 60, 120000)
+    'det:win:{t:acme}:user:60:120000'
     """
-    return f"det:win:{_tag(tenant)}:{scope}:{entity}:{bucket_s}:{bucket_start_ms}"
+    return f"det:win:{_tag(tenant)}:{scope}:{bucket_s}:{bucket_start_ms}"
 
 
 def rank_key(tenant: str, scope: str, day_start_ms: int) -> str:

@@ -32,7 +32,14 @@ from detector.rules.schema import AbuseRule, RuleSet, ThresholdRule
 from detector.schemas import Alert, Decision, Scope, UsageEvent
 from detector.sinks.base import Outputs
 from detector.windows.buckets import DAY_S, MAX_RETENTION_S, WINDOW_LENGTH_S, calendar_end_ms
-from detector.windows.counters import ApplyResult, PricedEvent, WindowStore, series_prefix
+from detector.windows.counters import (
+    ApplyResult,
+    PricedEvent,
+    ReachNeeds,
+    Slot,
+    WindowStore,
+    series_slot,
+)
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +80,9 @@ async def handle_batch(messages: Sequence[RawMessage], deps: Deps, now_ms: int) 
         priced.append(PricedEvent(event, price_event(event, deps.prices)))
 
     rules = deps.rules()
-    applied = await deps.windows.apply_batch(priced, now_ms, filtered_series(rules), rules.zone)
+    applied = await deps.windows.apply_batch(
+        priced, now_ms, filtered_series(rules), rules.zone, reach_needs(rules)
+    )
     result.applied, result.duplicates = len(applied.applied), len(applied.duplicates)
     if rules.budgets and applied.applied:
         # A counted cost event releases the reservation made under the same request id.
@@ -165,47 +174,52 @@ async def _unpriced_alerts(items: list[PricedEvent], deps: Deps, now_ms: int) ->
     return alerts
 
 
-def filtered_series(rules: RuleSet) -> Callable[[UsageEvent], list[str]] | None:
-    """For rules with a `where`, the series prefixes each matching event also counts under."""
+def filtered_series(rules: RuleSet) -> Callable[[UsageEvent], list[Slot]] | None:
+    """For rules with a `where`, the series (bucket group, entity) each matching event also
+    counts under."""
     chosen = [r for r in rules.rules if isinstance(r, ThresholdRule) and r.series]
 
-    def prefixes(event: UsageEvent) -> list[str]:
-        out = []
+    def prefixes(event: UsageEvent) -> list[Slot]:
+        out: list[Slot] = []
         for rule in chosen:
             entity = event.entity(rule.scope)
             if entity is not None and rule.series and rule.matches(event):
                 owner = GLOBAL_TENANT if rule.scope is Scope.global_ else event.tenant_id
-                out.append(series_prefix(owner, rule.series, entity))
+                out.append(series_slot(owner, rule.series, rule.scope, entity))
         return out
 
     return prefixes if chosen else None
 
 
+def reach_needs(rules: RuleSet) -> ReachNeeds | None:
+    """What the abuse rules need recorded with the counts: first-seen times of the entities
+    `new_entity_burst` watches, distinct users and tenants of API keys for `shared_key`."""
+    abuse = [r for r in rules.rules if isinstance(r, AbuseRule)]
+    if not abuse:
+        return None
+    shared = [r for r in abuse if r.pattern == "shared_key"]
+    return ReachNeeds(
+        first_seen=frozenset(r.target_scope for r in abuse if r.pattern == "new_entity_burst"),
+        key_users=any(r.max_users is not None for r in shared),
+        key_tenants=any(r.max_tenants is not None for r in shared),
+    )
+
+
 async def _abuse_facts(
     rules: RuleSet, applied: ApplyResult, deps: Deps, eval_ms: int
 ) -> AbuseFacts:
-    """First-seen times and API key reach for the entities the batch touched."""
-    abuse = [r for r in rules.rules if isinstance(r, AbuseRule)]
-    new_scopes = {r.target_scope for r in abuse if r.pattern == "new_entity_burst"}
-    targets = [
-        (t.tenant_id, t.scope, t.entity_id) for t in applied.touched if t.scope in new_scopes
-    ]
-    first = await deps.windows.reach.first_seen(targets, eval_ms) if targets else []
-    shared = [r for r in abuse if r.pattern == "shared_key"]
+    """First-seen times (recorded with the counts) and API key reach for the entities the
+    batch touched."""
+    shared = [r for r in rules.rules if isinstance(r, AbuseRule) and r.pattern == "shared_key"]
     reach: dict[tuple[str, str], tuple[int, int]] = {}
     if shared:
-        users = any(r.max_users is not None for r in shared)
-        tenants = any(r.max_tenants is not None for r in shared)
-        await deps.windows.reach.add_key_use(
-            (it.event for it in applied.applied), users=users, tenants=tenants
-        )
         api_keys = sorted(
             (t.tenant_id, t.entity_id) for t in applied.touched if t.scope is Scope.api_key
         )
         window_s = max(WINDOW_LENGTH_S[r.window] for r in shared)
         counts = await deps.windows.reach.key_reach(api_keys, window_s, eval_ms)
         reach = dict(zip(api_keys, counts, strict=True))
-    return AbuseFacts(dict(zip(targets, first, strict=True)), reach)
+    return AbuseFacts(dict(applied.first_seen), reach)
 
 
 async def _budget_outcomes(

@@ -21,11 +21,13 @@ from detector import keys
 from detector.rules.schema import BudgetRule, RuleSet
 from detector.schemas import Scope
 from detector.windows.buckets import window_buckets
-from detector.windows.counters import entity_prefix
+from detector.windows.counters import SINGLE_SCOPES, bucket_group
 
 # KEYS[1]: the tenant's hold index for this request (declares the slot).
 # ARGV[1]: JSON {"id": request id, "amount": micros, "now": ms, "ttl": ms, "peek": bool,
-#                "budgets": [[hold key, limit micros, [day bucket keys...]], ...]}
+#                "budgets": [[hold key, limit micros, [day bucket keys...], entity], ...]}
+# The entity is the field of the bucket hashes; without one (tenant and global scopes) each
+# bucket is a key of its own.
 # With peek, nothing is held: the call only says what remains.
 # Returns {granted (1/0), remaining micros per budget after the hold (or before, if refused)}.
 _RESERVE_LUA = """
@@ -35,7 +37,9 @@ local remaining = {}
 local ok = 1
 for i, b in ipairs(p.budgets) do
   local spent = 0
-  for _, v in ipairs(redis.call('MGET', unpack(b[3]))) do
+  for _, key in ipairs(b[3]) do
+    local v
+    if b[4] then v = redis.call('HGET', key, b[4]) else v = redis.call('GET', key) end
     if v and #v >= 8 then spent = spent + struct.unpack('>i8', v) end
   end
   local held = 0
@@ -147,10 +151,14 @@ class ReservationStore:
         asks = []
         for budget, entity in budgets:
             size_s, starts = window_buckets(budget.window, now_ms, zone)
-            prefix = f"{entity_prefix(tenant, budget.scope, entity)}{size_s}:"
+            group = bucket_group(tenant, budget.scope)
             limit = round(budget.amount_for(entity) * 1_000_000)
             hold_key = keys.hold_key(tenant, budget.id, budget.scope, entity)
-            asks.append([hold_key, limit, [f"{prefix}{start}" for start in starts]])
+            buckets = [f"{group}{size_s}:{start}" for start in starts]
+            ask: list[object] = [hold_key, limit, buckets]
+            if budget.scope not in SINGLE_SCOPES:
+                ask.append(entity)
+            asks.append(ask)
         payload = {
             "id": request_id,
             "amount": amount_usd_micros,

@@ -1,11 +1,16 @@
 """Redis sliding sums: apply a batch of priced events exactly once, read windows back.
 
-Each bucket of each entity is one Redis string of packed big-endian signed 64-bit counters
-(one per metric, in METRICS order). The Lua script reads it, adds the batch's vector and writes
-it back with its expiry: two commands per bucket whatever the number of metrics, where a hash
-would need one HINCRBY per metric (measured: a third less Redis time per event than BITFIELD
-INCRBY plus PEXPIREAT). Lua numbers are doubles, so each counter is
-exact up to 2**53: 9 billion dollars in micro-dollars, per bucket.
+A bucket holds an entity's counters packed as big-endian signed 64-bit integers (one per
+metric, in METRICS order). In the scopes with many entities per tenant (user, feature, model,
+api_key, session), one time bucket of one scope in one tenant (say, the users of tenant acme in
+the minute that starts at 12:03) is one Redis hash: field = entity id, value = its counters. The
+Lua script reads all of a batch's fields of one hash with one HMGET, adds the batch's vectors
+and writes them back with one HSET, and the hash expires as a whole when the bucket's retention
+ends: measured, 3.4 -> 1.9 us of Redis time per bucket written and 200 -> 140 bytes per bucket
+stored, against a key per entity and bucket. The tenant and global scopes have one entity, so
+their buckets are plain keys (a GET and a SET PX to write, one MGET to read a window). Lua
+numbers are doubles, so each counter is exact up to 2**53: 9 billion dollars in micro-dollars,
+per bucket.
 
 A batch is pre-aggregated in memory (one vector per entity and bucket), then each tenant's part
 goes to Redis as one Lua call carrying a JSON payload: it first checks every event id against
@@ -17,12 +22,14 @@ seen, and counts nothing twice.
 
 from __future__ import annotations
 
+import dataclasses
 import operator
 import struct
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import tzinfo
+from functools import lru_cache
 
 import orjson
 from redis.asyncio import Redis
@@ -36,13 +43,14 @@ from detector.windows.buckets import (
     HOUR_S,
     LATE_MIN_BUCKET_S,
     LOCAL_DAY,
+    MAX_RETENTION_S,
     MINUTE_S,
     bucket_start_ms,
     local_day_start_ms,
     window_buckets,
     writable_buckets,
 )
-from detector.windows.reach import ReachStore
+from detector.windows.reach import HLL_KEEP_S, ReachStore
 
 # Metrics in the order of their counters in a bucket. Money is in integer micro-dollars.
 METRICS: tuple[str, ...] = (
@@ -73,8 +81,16 @@ NESTED_FIELDS: tuple[tuple[Scope, str], ...] = (
     (Scope.api_key, "api_key_id"),
     (Scope.session, "session_id"),
 )
-_GLOBAL_PREFIX = f"det:win:{{t:{keys.GLOBAL_TENANT}}}:"  # key prefix of the global scope
+# Where an entity's buckets live: (bucket group, entity id). The group is the key prefix of
+# its scope's (or a rule series') buckets in the owning tenant; the bucket's size and start
+# follow it in the key. In the scopes with one entity per tenant (SINGLE_SCOPES) a bucket is a
+# key of its own and the entity is None; in the others it is a hash and the entity its field.
+Slot = tuple[str, str | None]
+SINGLE_SCOPES = frozenset({Scope.global_, Scope.tenant})
+_GLOBAL_GROUP = keys.window_hash_key(keys.GLOBAL_TENANT, Scope.global_.value, "", "")[:-1]
+_GLOBAL_SLOT: Slot = (_GLOBAL_GROUP, None)
 _PACKED = struct.Struct(f">{WIDTH}q")
+_MINUTE_MS, _HOUR_MS = MINUTE_S * 1000, HOUR_S * 1000
 _SPAN_MS: dict[int | str, int] = {b.size_s: (b.size_s + b.retention_s) * 1000 for b in BUCKET_SIZES}
 # A local day lasts 23 to 25 hours; its bucket is kept an hour longer than a UTC day's.
 _SPAN_MS[LOCAL_DAY] = _SPAN_MS[DAY_S] + HOUR_S * 1000
@@ -86,17 +102,23 @@ _LUA_FORMAT = "'>" + "i8" * WIDTH + "'"
 _LUA_COMMON = f"""
 local WIDTH = {WIDTH}
 local FORMAT = {_LUA_FORMAT}
+local CHUNK = 500  -- arguments per command: Lua's unpack() has a limit of a few thousand
 local function int(v) return string.format('%d', v) end
 """
 
 # KEYS[1]: the tenant's dedup prefix (declares the tenant's cluster slot).
 # ARGV[1]: JSON {"x": dedup horizon ms, "s": [[hour ms, [ids...]], ...],
-#                "k": [bucket key, ...], "p": [bucket time to live in ms, as text, ...],
+#                "k": [[bucket key, time to live in ms], ...],
+#                "g": [[bucket hash key, time to live in ms, [entity, ...]], ...],
 #                "z": [[rank key, ttl ms, [member, micro-dollars, ...]], ...],
-#                "h": [[quality key, ttl ms, [field, increment, ...]], ...]}
+#                "h": [[quality key, ttl ms, [field, increment, ...]], ...],
+#                "u": [[distinct-count key, ttl s, [member, ...]], ...],
+#                "f": [first-seen key, ...], "fv": first-seen value, "ft": its ttl in s}
 # Lifetimes are relative to the caller's clock (wall time in the worker, event time in a
 # backtest), so a replay of old events keeps its buckets as long as the live worker would.
-# ARGV[2]: the deltas of those buckets, packed one after another in the bucket layout.
+# ARGV[2]: the deltas, packed one after another in the bucket layout: the bucket keys' first,
+# then the hashes' entities in order.
+# Returns {event ids seen before (nothing was applied if any), previous first-seen values}.
 _APPLY_LUA = (
     _LUA_COMMON
     + """
@@ -105,36 +127,53 @@ local dups = {}
 for _, group in ipairs(p.s) do
   local key = KEYS[1] .. int(group[1])
   local ids = group[2]
-  for i = 1, #ids, 500 do
-    local chunk = {unpack(ids, i, math.min(i + 499, #ids))}
+  for i = 1, #ids, CHUNK do
+    local chunk = {unpack(ids, i, math.min(i + CHUNK - 1, #ids))}
     local seen = redis.call('SMISMEMBER', key, unpack(chunk))
     for j = 1, #chunk do
       if seen[j] == 1 then dups[#dups + 1] = chunk[j] end
     end
   end
 end
-if #dups > 0 then return dups end
+if #dups > 0 then return {dups, {}} end
 for _, group in ipairs(p.s) do
   local key = KEYS[1] .. int(group[1])
   local ids = group[2]
-  for i = 1, #ids, 500 do
-    redis.call('SADD', key, unpack(ids, i, math.min(i + 499, #ids)))
+  for i = 1, #ids, CHUNK do
+    redis.call('SADD', key, unpack(ids, i, math.min(i + CHUNK - 1, #ids)))
   end
   redis.call('PEXPIRE', key, int(p.x))
 end
 local deltas = ARGV[2]
 local pos = 1
-local expiries = p.p
-for i, key in ipairs(p.k) do
+local size = WIDTH * 8
+-- The delta at pos added to a stored value; a new bucket takes the delta's bytes as they are.
+local function added(packed, pos)
+  if not packed then return string.sub(deltas, pos, pos + size - 1) end
+  if #packed < size then packed = packed .. string.rep('\\0', size - #packed) end
   local values = {struct.unpack(FORMAT, deltas, pos)}
-  pos = values[WIDTH + 1]
-  local packed = redis.call('GET', key)
-  if packed then
-    if #packed < WIDTH * 8 then packed = packed .. string.rep('\\0', WIDTH * 8 - #packed) end
-    local current = {struct.unpack(FORMAT, packed)}
-    for f = 1, WIDTH do values[f] = values[f] + current[f] end
+  local now = {struct.unpack(FORMAT, packed)}
+  for f = 1, WIDTH do values[f] = values[f] + now[f] end
+  return struct.pack(FORMAT, unpack(values, 1, WIDTH))
+end
+for _, bucket in ipairs(p.k) do
+  redis.call('SET', bucket[1], added(redis.call('GET', bucket[1]), pos), 'PX', int(bucket[2]))
+  pos = pos + size
+end
+for _, group in ipairs(p.g) do
+  local key, entities = group[1], group[3]
+  for i = 1, #entities, CHUNK do
+    local last = math.min(i + CHUNK - 1, #entities)
+    local current = redis.call('HMGET', key, unpack(entities, i, last))
+    local out = {}
+    for j = i, last do
+      out[#out + 1] = entities[j]
+      out[#out + 1] = added(current[j - i + 1], pos)
+      pos = pos + size
+    end
+    redis.call('HSET', key, unpack(out))
   end
-  redis.call('SET', key, struct.pack(FORMAT, unpack(values, 1, WIDTH)), 'PX', expiries[i])
+  redis.call('PEXPIRE', key, int(group[2]))
 end
 for _, group in ipairs(p.z) do
   local key, flat = group[1], group[3]
@@ -146,26 +185,51 @@ for _, group in ipairs(p.h) do
   for i = 1, #flat, 2 do redis.call('HINCRBY', key, flat[i], int(flat[i + 1])) end
   redis.call('PEXPIRE', key, int(group[2]))
 end
-return dups
+for _, group in ipairs(p.u) do
+  local key, members = group[1], group[3]
+  for i = 1, #members, CHUNK do
+    redis.call('PFADD', key, unpack(members, i, math.min(i + CHUNK - 1, #members)))
+  end
+  redis.call('EXPIRE', key, int(group[2]))
+end
+local first = {}
+for i, key in ipairs(p.f) do
+  first[i] = redis.call('SET', key, int(p.fv), 'NX', 'GET', 'EX', int(p.ft))
+end
+return {dups, first}
 """
 )
 
-# ARGV[1]: JSON [[bucket key, ...], ...], one list per requested window.
+# ARGV[1]: JSON [[key prefix, [bucket start, ...], entity], ...], one per requested window: the
+# bucket of each start is the key prefix .. start, a hash whose field is the entity, or (for the
+# tenant and global scopes, without an entity) a key of its own.
 # Returns the WIDTH sums of each requested window, one after another.
 _SUM_LUA = (
     _LUA_COMMON
     + """
 local out = {}
 local zeros = string.rep('\\0', WIDTH * 8)
-for _, names in ipairs(cjson.decode(ARGV[1])) do
+for _, ask in ipairs(cjson.decode(ARGV[1])) do
+  local prefix, starts, entity = ask[1], ask[2], ask[3]
+  local values
+  if entity then
+    values = {}
+    for i, start in ipairs(starts) do
+      values[i] = redis.call('HGET', prefix .. int(start), entity)
+    end
+  else
+    local names = {}
+    for i, start in ipairs(starts) do names[i] = prefix .. int(start) end
+    values = redis.call('MGET', unpack(names))
+  end
   local sums = {}
   for f = 1, WIDTH do sums[f] = 0 end
-  for _, packed in ipairs(redis.call('MGET', unpack(names))) do
+  for _, packed in ipairs(values) do
     if packed then
       -- A value shorter than the layout (written by an older layout) reads as zeros after it.
       if #packed < WIDTH * 8 then packed = packed .. string.sub(zeros, #packed + 1) end
-      local values = {struct.unpack(FORMAT, packed)}
-      for f = 1, WIDTH do sums[f] = sums[f] + values[f] end
+      local counters = {struct.unpack(FORMAT, packed)}
+      for f = 1, WIDTH do sums[f] = sums[f] + counters[f] end
     end
   end
   for f = 1, WIDTH do out[#out + 1] = sums[f] end
@@ -195,6 +259,17 @@ class ApplyResult:
     applied: list[PricedEvent]
     duplicates: list[PricedEvent]
     touched: set[Touched]
+    # When each entity of ReachNeeds.first_seen's scopes was first seen (epoch ms).
+    first_seen: dict[tuple[str, Scope, str], int] = dataclasses.field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ReachNeeds:
+    """What the abuse patterns need recorded in the same atomic write as a batch's counts."""
+
+    first_seen: frozenset[Scope] = frozenset()  # scopes whose entities' first-seen time is kept
+    key_users: bool = False  # distinct users of each API key per hour
+    key_tenants: bool = False  # distinct tenants of each API key id per hour
 
 
 def event_vector(item: PricedEvent) -> list[int]:
@@ -218,14 +293,26 @@ def event_vector(item: PricedEvent) -> list[int]:
     ]
 
 
-def entity_prefix(tenant: str, scope: Scope, entity: str) -> str:
-    """Key prefix of one entity's buckets (the bucket size and start follow).
+def bucket_group(tenant: str, scope: Scope) -> str:
+    """Key prefix of the bucket hashes of one scope in a tenant (the bucket size and start
+    follow); the global scope lives under its own pseudo-tenant.
 
-    >>> entity_prefix("acme", Scope.user, "u1")
-    'det:win:{t:acme}:user:u1:'
+    >>> bucket_group("acme", Scope.user)
+    'det:win:{t:acme}:user:'
+    >>> bucket_group("acme", Scope.global_)
+    'det:win:{t:_global}:global:'
     """
     owner = keys.GLOBAL_TENANT if scope is Scope.global_ else tenant
-    return keys.window_key(owner, scope.value, entity, 0, 0)[: -len("0:0")]
+    return keys.window_hash_key(owner, scope.value, "", "")[:-1]
+
+
+def bucket_location(group: str, size: int | str, start_ms: int, entity: str) -> tuple[str, str]:
+    """(hash key, field) of one entity's bucket.
+
+    >>> bucket_location("det:win:{t:acme}:user:", 60, 120000, "u1")
+    ('det:win:{t:acme}:user:60:120000', 'u1')
+    """
+    return f"{group}{size}:{start_ms}", entity
 
 
 def dedup_prefix(tenant: str) -> str:
@@ -252,14 +339,16 @@ class WindowStore:
         self,
         batch: Sequence[PricedEvent],
         now_ms: int,
-        series: Callable[[UsageEvent], list[str]] | None = None,
+        series: Callable[[UsageEvent], list[Slot]] | None = None,
         zones: Zones | None = None,
+        reach: ReachNeeds | None = None,
     ) -> ApplyResult:
         """Count every event of the batch that was not counted before, exactly once.
 
-        `series` names extra key prefixes an event also counts under (rules' filtered series).
+        `series` names extra slots an event also counts under (rules' filtered series).
         `zones` gives a tenant's time zone, if it has one: its entities also get day buckets
-        that start at local midnight, for its calendar windows and budgets.
+        that start at local midnight, for its calendar windows and budgets. `reach` says what
+        the abuse patterns need recorded with the counts (first-seen times, distinct counts).
         """
         by_tenant: dict[str, dict[str, PricedEvent]] = defaultdict(dict)
         duplicates: list[PricedEvent] = []
@@ -270,92 +359,123 @@ class WindowStore:
             else:
                 pending[item.event.event_id] = item
         applied: list[PricedEvent] = []
+        first_seen: dict[tuple[str, Scope, str], int] = {}
         todo = {tenant: list(items.values()) for tenant, items in by_tenant.items()}
         while todo:
             tenants = list(todo)
             pipe = self._redis.pipeline(transaction=False)
+            asked: list[tuple[list[tuple[str, Scope, str]], int]] = []
             for tenant in tenants:
                 zone = zones(tenant) if zones is not None else None
-                payload, deltas = self._payload(todo[tenant], now_ms, series, zone)
+                payload, deltas, firsts = self._payload(todo[tenant], now_ms, series, zone, reach)
+                asked.append(firsts)
                 await self._apply(keys=[dedup_prefix(tenant)], args=[payload, deltas], client=pipe)
             replies = await pipe.execute()
             retry: dict[str, list[PricedEvent]] = {}
-            for tenant, reply in zip(tenants, replies, strict=True):
+            for tenant, (dups, previous), (targets, value) in zip(
+                tenants, replies, asked, strict=True
+            ):
                 items = todo[tenant]
-                if not reply:
+                if not dups:
                     applied.extend(items)
+                    for target, before in zip(targets, previous, strict=True):
+                        first_seen[target] = int(before) if before else value
                     continue
-                seen = {r.decode() if isinstance(r, bytes) else str(r) for r in reply}
+                seen = {r.decode() if isinstance(r, bytes) else str(r) for r in dups}
                 duplicates.extend(it for it in items if it.event.event_id in seen)
                 rest = [it for it in items if it.event.event_id not in seen]
                 if rest:
                     retry[tenant] = rest
             todo = retry
-        return ApplyResult(applied, duplicates, touched_entities(applied))
+        return ApplyResult(applied, duplicates, touched_entities(applied), first_seen)
 
     def _payload(
         self,
         items: Sequence[PricedEvent],
         now_ms: int,
-        series: Callable[[UsageEvent], list[str]] | None,
+        series: Callable[[UsageEvent], list[Slot]] | None,
         zone: tzinfo | None = None,
-    ) -> tuple[bytes, bytes]:
-        """The Lua call's arguments: JSON (dedup groups by hour, bucket keys and expiries)
-        and the buckets' summed vectors, packed.
+        reach: ReachNeeds | None = None,
+    ) -> tuple[bytes, bytes, tuple[list[tuple[str, Scope, str]], int]]:
+        """One tenant's Lua call: its arguments (JSON with the dedup groups by hour, the bucket
+        keys and hashes with their expiries, roll-ups and reach; the summed vectors, packed in
+        the same order), and the entities whose first-seen time it asks for, with the time it
+        records for a new one.
 
         Events are summed per entity and minute first; only those sums are then spread over
         the longer buckets, so the shared entities (tenant, model, feature) cost one vector
         addition per event instead of one per bucket size.
         """
         by_hour: dict[int, list[str]] = defaultdict(list)
-        # (entity prefix, minute start, late) -> summed vector
-        minutes: dict[tuple[str, int, bool], list[int]] = {}
+        # (bucket group, entity, minute start, late) -> summed vector
+        minutes: dict[tuple[str, str | None, int, bool], list[int]] = {}
         late_before_ms = (
-            now_ms - self._allowed_lateness_ms if self._allowed_lateness_ms is not None else None
+            now_ms - self._allowed_lateness_ms if self._allowed_lateness_ms is not None else -1
         )
         rollups = _DayRollups(now_ms)
+        newest_ms = 0
         for it in items:
             ev = it.event
-            by_hour[bucket_start_ms(ev.ts_ms, HOUR_S)].append(ev.event_id)
+            ts_ms = ev.ts_ms
+            newest_ms = max(newest_ms, ts_ms)
+            by_hour[ts_ms - ts_ms % _HOUR_MS].append(ev.event_id)
             vector = event_vector(it)
             rollups.add(ev, vector[0])
-            minute_ms = bucket_start_ms(ev.ts_ms, MINUTE_S)
-            late = late_before_ms is not None and ev.ts_ms < late_before_ms
-            prefixes = entity_prefixes(ev)
+            minute_ms = ts_ms - ts_ms % _MINUTE_MS
+            late = ts_ms < late_before_ms
+            slots = entity_slots(ev)
             if series is not None:
-                prefixes += series(ev)
-            for prefix in prefixes:
-                slot = (prefix, minute_ms, late)
+                slots += series(ev)
+            for group, entity in slots:
+                slot = (group, entity, minute_ms, late)
                 total = minutes.get(slot)
                 minutes[slot] = vector if total is None else _add(total, vector)
-        sums: dict[tuple[str, int | str, int], list[int]] = {}
+        # (bucket group, size, start) -> entity (None: the group's only one) -> summed vector
+        hashes: dict[tuple[str, int | str, int], dict[str | None, list[int]]] = {}
         # (minute start, late, local days too) -> the buckets such a minute's sum goes to
         spread: dict[tuple[int, bool, bool], list[tuple[int | str, int]]] = {}
-        for (prefix, minute_ms, late), vector in minutes.items():
-            zoned = zone is not None and not prefix.startswith(_GLOBAL_PREFIX)
+        for (group, entity, minute_ms, late), vector in minutes.items():
+            zoned = zone is not None and group != _GLOBAL_GROUP
             buckets = spread.get((minute_ms, late, zoned))
             if buckets is None:
                 buckets = spread[(minute_ms, late, zoned)] = _spread(
                     minute_ms, late, zone if zoned else None, now_ms
                 )
             for size, start_ms in buckets:
-                bucket = (prefix, size, start_ms)
-                total = sums.get(bucket)
-                sums[bucket] = vector if total is None else _add(total, vector)
-        bucket_keys, expiries, deltas = [], [], bytearray()
-        for (prefix, size, start_ms), vector in sums.items():
-            bucket_keys.append(f"{prefix}{size}:{start_ms}")
-            expiries.append(str(start_ms + _SPAN_MS[size] - now_ms))
-            deltas += _PACKED.pack(*vector)
+                fields = hashes.get((group, size, start_ms))
+                if fields is None:
+                    fields = hashes[(group, size, start_ms)] = {}
+                total = fields.get(entity)
+                fields[entity] = vector if total is None else _add(total, vector)
+        own_keys, groups = [], []
+        key_deltas, hash_deltas = bytearray(), bytearray()
+        pack = _PACKED.pack
+        for (group, size, start_ms), fields in hashes.items():
+            key = f"{group}{size}:{start_ms}"
+            ttl_ms = start_ms + _SPAN_MS[size] - now_ms
+            only = fields.get(None)
+            if only is not None:  # tenant or global scope: one entity, a key of its own
+                own_keys.append([key, ttl_ms])
+                key_deltas += pack(*only)
+                continue
+            groups.append([key, ttl_ms, list(fields)])
+            for vector in fields.values():
+                hash_deltas += pack(*vector)
+        first_value = min(newest_ms, now_ms)
+        firsts = _first_seen_targets(items, reach) if reach is not None else []
         payload = {
             "x": self._dedup_horizon_ms,
             "s": [[hour, ids] for hour, ids in by_hour.items()],
-            "k": bucket_keys,
-            "p": expiries,
+            "k": own_keys,
+            "g": groups,
             "z": rollups.ranks(),
             "h": rollups.quality(),
+            "u": _distinct_counts(items, reach) if reach is not None else [],
+            "f": [keys.first_seen_key(*target) for target in firsts],
+            "fv": first_value,
+            "ft": MAX_RETENTION_S,
         }
-        return orjson.dumps(payload), bytes(deltas)
+        return orjson.dumps(payload), bytes(key_deltas + hash_deltas), (firsts, first_value)
 
     async def read_windows(
         self,
@@ -365,32 +485,71 @@ class WindowStore:
     ) -> list[dict[str, float]]:
         """Metrics of each (tenant, scope, entity, window), summed inside Redis.
 
-        One Lua call per tenant adds up the buckets server-side, so a batch that touches
-        thousands of entities costs a few hundred commands, not one per bucket.
+        One Lua call per tenant adds up the buckets server-side, with one HMGET per bucket
+        hash for every entity read from it, so a batch that touches thousands of entities costs
+        a few hundred commands, not one per bucket.
         """
         by_owner: dict[str, list[int]] = defaultdict(list)
-        for index, (tenant, scope, _, _) in enumerate(requests):
-            by_owner[keys.GLOBAL_TENANT if scope is Scope.global_ else tenant].append(index)
+        asks: list[list[object]] = []
+        buckets: dict[tuple[str, tzinfo | None], tuple[int | str, list[int]]] = {}
+        for index, (tenant, scope, entity, window) in enumerate(requests):
+            owner = keys.GLOBAL_TENANT if scope is Scope.global_ else tenant
+            by_owner[owner].append(index)
+            zone = zones(tenant) if zones is not None and owner != keys.GLOBAL_TENANT else None
+            read = buckets.get((window, zone))
+            if read is None:
+                read = buckets[(window, zone)] = window_buckets(window, now_ms, zone)
+            size_s, starts = read
+            series = window.partition("#")[2]
+            group = series_group(owner, series) if series else bucket_group(tenant, scope)
+            prefix = f"{group}{size_s}:"
+            asks.append([prefix, starts] if scope in SINGLE_SCOPES else [prefix, starts, entity])
         pipe = self._redis.pipeline(transaction=False)
         owners = list(by_owner)
         for owner in owners:
-            asks = []
-            for index in by_owner[owner]:
-                tenant, scope, entity, window = requests[index]
-                zone = zones(tenant) if zones is not None and owner != keys.GLOBAL_TENANT else None
-                size_s, starts = window_buckets(window, now_ms, zone)
-                series = window.partition("#")[2]
-                base = series_prefix(owner, series, entity) if series else None
-                prefix = f"{base or entity_prefix(tenant, scope, entity)}{size_s}:"
-                asks.append([f"{prefix}{start}" for start in starts])
+            mine = orjson.dumps([asks[index] for index in by_owner[owner]])
             # The one declared key puts the call in the owner's Redis Cluster slot.
-            await self._sum(keys=[dedup_prefix(owner)], args=[orjson.dumps(asks)], client=pipe)
+            await self._sum(keys=[dedup_prefix(owner)], args=[mine], client=pipe)
         replies = await pipe.execute()
         out: list[dict[str, float]] = [{} for _ in requests]
         for owner, reply in zip(owners, replies, strict=True):
             for n, index in enumerate(by_owner[owner]):
                 out[index] = named_metrics(reply[n * WIDTH : (n + 1) * WIDTH])
         return out
+
+
+def _first_seen_targets(
+    items: Sequence[PricedEvent], reach: ReachNeeds
+) -> list[tuple[str, Scope, str]]:
+    """The entities of the scopes whose first-seen time is kept, once each."""
+    if not reach.first_seen:
+        return []
+    fields = [(scope, field) for scope, field in NESTED_FIELDS if scope in reach.first_seen]
+    targets: dict[tuple[str, Scope, str], None] = {}
+    for it in items:
+        ev = it.event
+        for scope, name in fields:
+            entity = getattr(ev, name)
+            if entity is not None:
+                targets[(ev.tenant_id, scope, entity)] = None
+    return list(targets)
+
+
+def _distinct_counts(items: Sequence[PricedEvent], reach: ReachNeeds) -> list[list[object]]:
+    """HyperLogLog additions: each event's user and tenant under its API key and hour."""
+    if not (reach.key_users or reach.key_tenants):
+        return []
+    by_key: dict[str, dict[str, None]] = defaultdict(dict)
+    for it in items:
+        ev = it.event
+        if ev.api_key_id is None:
+            continue
+        hour_ms = ev.ts_ms - ev.ts_ms % _HOUR_MS
+        if reach.key_users and ev.user_id is not None:
+            by_key[keys.key_users_key(ev.tenant_id, ev.api_key_id, hour_ms)][ev.user_id] = None
+        if reach.key_tenants:
+            by_key[keys.key_tenants_key(ev.api_key_id, hour_ms)][ev.tenant_id] = None
+    return [[key, HLL_KEEP_S, list(members)] for key, members in by_key.items()]
 
 
 _DAY_SPAN_MS = _SPAN_MS[DAY_S]
@@ -465,24 +624,44 @@ def quality_signal(text: str | None) -> int | None:
     return round(value * 1_000_000)
 
 
-def series_prefix(tenant: str, series: str, entity: str) -> str:
-    """Key prefix of an entity's buckets in a rule's filtered series.
+def series_slot(owner: str, series: str, scope: Scope, entity: str) -> Slot:
+    """Where an entity's buckets of a rule's filtered series live.
 
-    >>> series_prefix("acme", "r.chat", "acme")
-    'det:win:{t:acme}:r.chat:acme:'
+    >>> series_slot("acme", "r.chat", Scope.user, "u1")
+    ('det:win:{t:acme}:r.chat:', 'u1')
     """
-    return keys.window_key(tenant, series, entity, 0, 0)[: -len("0:0")]
+    return series_group(owner, series), None if scope in SINGLE_SCOPES else entity
 
 
-def entity_prefixes(event: UsageEvent) -> list[str]:
-    """Key prefixes of every entity the event belongs to, one per scope it names."""
+def series_group(tenant: str, series: str) -> str:
+    """Key prefix of the bucket hashes of a rule's filtered series in a tenant.
+
+    >>> series_group("acme", "r.chat")
+    'det:win:{t:acme}:r.chat:'
+    """
+    return keys.window_hash_key(tenant, series, "", "")[:-1]
+
+
+@lru_cache(maxsize=65_536)
+def _tenant_groups(tenant: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """The tenant scope's bucket group, and (group, event field) of each nested scope."""
+    nested = tuple((bucket_group(tenant, scope), field) for scope, field in NESTED_FIELDS)
+    return bucket_group(tenant, Scope.tenant), nested
+
+
+def entity_slots(event: UsageEvent) -> list[Slot]:
+    """(bucket group, entity) of every entity the event belongs to, one per scope it names.
+
+    >>> entity_slots(UsageEvent(event_id="e", ts_ms=0, tenant_id="a", model="m"))[1:]
+    [('det:win:{t:a}:tenant:', None), ('det:win:{t:a}:model:', 'm')]
+    """
     tenant = event.tenant_id
-    tag = f"det:win:{{t:{tenant}}}:"
-    out = [f"{_GLOBAL_PREFIX}global:all:", f"{tag}tenant:{tenant}:"]
-    for scope, field in NESTED_FIELDS:
+    tenant_group, nested = _tenant_groups(tenant)
+    out: list[Slot] = [_GLOBAL_SLOT, (tenant_group, None)]
+    for group, field in nested:
         entity = getattr(event, field)
         if entity is not None:
-            out.append(f"{tag}{scope.value}:{entity}:")
+            out.append((group, entity))
     return out
 
 

@@ -118,4 +118,6 @@ async def test_late_event_skips_expired_buckets_only(redis: Redis) -> None:
     assert short["cost_usd"] == 0.0
     assert day["cost_usd"] == 2.0
     # Minute and 5-minute buckets that old are past retention and were never created.
-    assert await redis.keys("det:win:{t:acme}:tenant:acme:60:*") == []
+    assert await redis.keys("det:win:{t:acme}:tenant:60:*") == []
+    assert await redis.keys("det:win:{t:acme}:tenant:300:*") == []
+    assert await redis.keys("det:win:{t:acme}:tenant:3600:*") != []

@@ -9,10 +9,11 @@ from detector.pricing import UNPRICED, Costs
 from detector.schemas import Scope, UsageEvent
 from detector.windows.counters import (
     METRICS,
+    SINGLE_SCOPES,
     WIDTH,
     PricedEvent,
-    entity_prefix,
-    entity_prefixes,
+    bucket_group,
+    entity_slots,
     event_vector,
     named_metrics,
     unpack_bucket,
@@ -135,17 +136,17 @@ def test_unpack_pads_a_short_value() -> None:
     assert unpack_bucket(packed) == [7, 9] + [0] * (WIDTH - 2)
 
 
-def test_entity_prefix_puts_global_under_its_own_tag() -> None:
-    assert entity_prefix("acme", Scope.global_, "all") == "det:win:{t:_global}:global:all:"
-    assert entity_prefix("acme", Scope.session, "s:1") == "det:win:{t:acme}:session:s:1:"
+def test_bucket_group_puts_global_under_its_own_tag() -> None:
+    assert bucket_group("acme", Scope.global_) == "det:win:{t:_global}:global:"
+    assert bucket_group("acme", Scope.session) == "det:win:{t:acme}:session:"
 
 
-def test_entity_prefixes_match_entity_prefix_for_every_scope() -> None:
-    event = make_event(user_id="u", feature="f", api_key_id="k", session_id="s")
+def test_entity_slots_match_bucket_group_for_every_scope() -> None:
+    event = make_event(user_id="u", feature="f", api_key_id="k", session_id="s:1")
     expected = [
-        entity_prefix("t1", scope, entity)
+        (bucket_group("t1", scope), None if scope in SINGLE_SCOPES else entity)
         for scope in Scope
         if (entity := event.entity(scope)) is not None
     ]
-    assert sorted(entity_prefixes(event)) == sorted(expected)
-    assert len(entity_prefixes(make_event())) == 3  # global, tenant, model
+    assert sorted(entity_slots(event)) == sorted(expected)
+    assert len(entity_slots(make_event())) == 3  # global, tenant, model
