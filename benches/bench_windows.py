@@ -77,7 +77,7 @@ from detector.worker import EventsConsumer, now_ms
 log = logging.getLogger("bench_windows")
 
 REDIS_DB = 13
-BATCH_EVENTS = 2000
+BATCH_EVENTS = int(__import__("os").environ.get("BENCH_BATCH", "2000"))
 SAMPLE_KEYS = 200  # MEMORY USAGE calls per key kind
 # Dedup sets and bucket hashes (one per tenant, scope and bucket) are few and their sizes follow
 # the tenants' heavy tail, so a sample would be noisy: every one of them is measured.

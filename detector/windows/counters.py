@@ -45,7 +45,6 @@ from detector.windows.buckets import (
     LOCAL_DAY,
     MAX_RETENTION_S,
     MINUTE_S,
-    bucket_start_ms,
     local_day_start_ms,
     window_buckets,
     writable_buckets,
@@ -407,8 +406,8 @@ class WindowStore:
         addition per event instead of one per bucket size.
         """
         by_hour: dict[int, list[str]] = defaultdict(list)
-        # (bucket group, entity, minute start, late) -> summed vector
-        minutes: dict[tuple[str, str | None, int, bool], list[int]] = {}
+        # (minute start, late) -> slot -> summed vector
+        minutes: dict[tuple[int, bool], dict[Slot, list[int]]] = {}
         late_before_ms = (
             now_ms - self._allowed_lateness_ms if self._allowed_lateness_ms is not None else -1
         )
@@ -417,57 +416,59 @@ class WindowStore:
         for it in items:
             ev = it.event
             ts_ms = ev.ts_ms
-            newest_ms = max(newest_ms, ts_ms)
+            if ts_ms > newest_ms:
+                newest_ms = ts_ms
             by_hour[ts_ms - ts_ms % _HOUR_MS].append(ev.event_id)
             vector = event_vector(it)
             rollups.add(ev, vector[0])
-            minute_ms = ts_ms - ts_ms % _MINUTE_MS
-            late = ts_ms < late_before_ms
+            when = (ts_ms - ts_ms % _MINUTE_MS, ts_ms < late_before_ms)
+            sums = minutes.get(when)
+            if sums is None:
+                sums = minutes[when] = {}
             slots = entity_slots(ev)
             if series is not None:
                 slots += series(ev)
-            for group, entity in slots:
-                slot = (group, entity, minute_ms, late)
-                total = minutes.get(slot)
-                minutes[slot] = vector if total is None else _add(total, vector)
-        # (bucket group, size, start) -> entity (None: the group's only one) -> summed vector
-        hashes: dict[tuple[str, int | str, int], dict[str | None, list[int]]] = {}
-        # (minute start, late, local days too) -> the buckets such a minute's sum goes to
-        spread: dict[tuple[int, bool, bool], list[tuple[int | str, int]]] = {}
-        for (group, entity, minute_ms, late), vector in minutes.items():
-            zoned = zone is not None and group != _GLOBAL_GROUP
-            buckets = spread.get((minute_ms, late, zoned))
-            if buckets is None:
-                buckets = spread[(minute_ms, late, zoned)] = _spread(
-                    minute_ms, late, zone if zoned else None, now_ms
-                )
-            for size, start_ms in buckets:
-                fields = hashes.get((group, size, start_ms))
-                if fields is None:
-                    fields = hashes[(group, size, start_ms)] = {}
-                total = fields.get(entity)
-                fields[entity] = vector if total is None else _add(total, vector)
-        own_keys, groups = [], []
+            for slot in slots:
+                total = sums.get(slot)
+                sums[slot] = vector if total is None else _add(total, vector)
+        # (size, start) -> bucket group -> entity (None: the group's only one) -> summed vector
+        buckets: dict[tuple[int | str, int], dict[str, dict[str | None, list[int]]]] = {}
+        for (minute_ms, late), sums in minutes.items():
+            for size, start_ms in _spread(minute_ms, late, zone, now_ms):
+                groups = buckets.get((size, start_ms))
+                if groups is None:
+                    groups = buckets[(size, start_ms)] = {}
+                local = size == LOCAL_DAY
+                for (group, entity), vector in sums.items():
+                    if local and group == _GLOBAL_GROUP:
+                        continue  # the global scope's days are UTC days
+                    fields = groups.get(group)
+                    if fields is None:
+                        fields = groups[group] = {}
+                    total = fields.get(entity)
+                    fields[entity] = vector if total is None else _add(total, vector)
+        own_keys, hashes = [], []
         key_deltas, hash_deltas = bytearray(), bytearray()
         pack = _PACKED.pack
-        for (group, size, start_ms), fields in hashes.items():
-            key = f"{group}{size}:{start_ms}"
+        for (size, start_ms), groups in buckets.items():
             ttl_ms = start_ms + _SPAN_MS[size] - now_ms
-            only = fields.get(None)
-            if only is not None:  # tenant or global scope: one entity, a key of its own
-                own_keys.append([key, ttl_ms])
-                key_deltas += pack(*only)
-                continue
-            groups.append([key, ttl_ms, list(fields)])
-            for vector in fields.values():
-                hash_deltas += pack(*vector)
+            suffix = f"{size}:{start_ms}"
+            for group, fields in groups.items():
+                only = fields.get(None)
+                if only is not None:  # tenant or global scope: one entity, a key of its own
+                    own_keys.append([group + suffix, ttl_ms])
+                    key_deltas += pack(*only)
+                    continue
+                hashes.append([group + suffix, ttl_ms, list(fields)])
+                for vector in fields.values():
+                    hash_deltas += pack(*vector)
         first_value = min(newest_ms, now_ms)
         firsts = _first_seen_targets(items, reach) if reach is not None else []
         payload = {
             "x": self._dedup_horizon_ms,
             "s": [[hour, ids] for hour, ids in by_hour.items()],
             "k": own_keys,
-            "g": groups,
+            "g": hashes,
             "z": rollups.ranks(),
             "h": rollups.quality(),
             "u": _distinct_counts(items, reach) if reach is not None else [],
@@ -553,6 +554,10 @@ def _distinct_counts(items: Sequence[PricedEvent], reach: ReachNeeds) -> list[li
 
 
 _DAY_SPAN_MS = _SPAN_MS[DAY_S]
+_DAY_MS = DAY_S * 1000
+# A tenant's roll-ups of one day: the tenants' ranking, (ranking, event field) of each nested
+# scope, the quality hash's key.
+_DayKeys = tuple[dict[str, int], tuple[tuple[dict[str, int], str], ...], str]
 _RANKED_SCOPES = ("user", "feature", "model", "api_key", "session")
 
 
@@ -567,34 +572,54 @@ class _DayRollups:
         self._ranks: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         self._quality: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         self._ttl: dict[str, int] = {}
+        # (tenant, day) -> the tenants' ranking, (ranking, event field) per scope, quality key;
+        # None when the day is past the roll-ups' retention
+        self._days: dict[tuple[str, int], _DayKeys | None] = {}
 
-    def add(self, ev: UsageEvent, cost_micros: int) -> None:
-        day_ms = bucket_start_ms(ev.ts_ms, DAY_S)
+    def _day(self, tenant: str, day_ms: int) -> _DayKeys | None:
         ttl = day_ms + _DAY_SPAN_MS - self._now_ms
         if ttl <= 0:
-            return  # older than the day buckets' retention: the roll-ups are gone too
-        tenant = ev.tenant_id
-        ranks = self._ranks
-        key = keys.rank_key(keys.GLOBAL_TENANT, "tenant", day_ms)
-        self._ttl[key] = ttl
-        ranks[key][tenant] += cost_micros
-        for scope, field in NESTED_FIELDS:
-            entity = getattr(ev, field)
-            if entity is not None:
-                key = keys.rank_key(tenant, scope.value, day_ms)
-                self._ttl[key] = ttl
-                ranks[key][entity] += cost_micros
-        quality = quality_signal(ev.tags.get("quality"))
-        if quality is not None:
-            key = keys.quality_key(tenant, day_ms)
+            return None  # older than the day buckets' retention: the roll-ups are gone too
+        tenants_key = keys.rank_key(keys.GLOBAL_TENANT, "tenant", day_ms)
+        self._ttl[tenants_key] = ttl
+        nested = []
+        for scope, name in NESTED_FIELDS:
+            key = keys.rank_key(tenant, scope.value, day_ms)
             self._ttl[key] = ttl
-            fields = self._quality[key]
-            fields[f"{ev.model}|n"] += 1
-            fields[f"{ev.model}|q"] += quality
-            fields[f"{ev.model}|c"] += cost_micros
+            nested.append((self._ranks[key], name))
+        quality_key = keys.quality_key(tenant, day_ms)
+        self._ttl[quality_key] = ttl
+        return self._ranks[tenants_key], tuple(nested), quality_key
+
+    def add(self, ev: UsageEvent, cost_micros: int) -> None:
+        tenant, ts_ms = ev.tenant_id, ev.ts_ms
+        day = (tenant, ts_ms - ts_ms % _DAY_MS)
+        if day in self._days:
+            found = self._days[day]
+        else:
+            found = self._days[day] = self._day(*day)
+        if found is None:
+            return
+        tenants, nested, quality_key = found
+        tenants[tenant] += cost_micros
+        for members, name in nested:
+            entity = getattr(ev, name)
+            if entity is not None:
+                members[entity] += cost_micros
+        if ev.tags:
+            quality = quality_signal(ev.tags.get("quality"))
+            if quality is not None:
+                fields = self._quality[quality_key]
+                fields[f"{ev.model}|n"] += 1
+                fields[f"{ev.model}|q"] += quality
+                fields[f"{ev.model}|c"] += cost_micros
 
     def ranks(self) -> list[list[object]]:
-        return [_flat_group(key, self._ttl[key], members) for key, members in self._ranks.items()]
+        return [
+            _flat_group(key, self._ttl[key], members)
+            for key, members in self._ranks.items()
+            if members
+        ]
 
     def quality(self) -> list[list[object]]:
         return [_flat_group(key, self._ttl[key], fields) for key, fields in self._quality.items()]
@@ -669,9 +694,10 @@ def _add(a: list[int], b: list[int]) -> list[int]:
     return list(map(operator.add, a, b))
 
 
+@lru_cache(maxsize=4096)  # a batch asks for the same few minutes once per tenant
 def _spread(
     minute_ms: int, late: bool, zone: tzinfo | None, now_ms: int
-) -> list[tuple[int | str, int]]:
+) -> tuple[tuple[int | str, int], ...]:
     """(size, start) of every bucket a minute's sum is added to: each bucket size still kept
     (a late minute skips the short ones), and the local day for a zoned tenant's entities.
 
@@ -686,7 +712,7 @@ def _spread(
         day_ms = local_day_start_ms(minute_ms, zone)
         if day_ms + _SPAN_MS[LOCAL_DAY] > now_ms:
             out.append((LOCAL_DAY, day_ms))
-    return out
+    return tuple(out)
 
 
 def named_metrics(values: Sequence[int]) -> dict[str, float]:
