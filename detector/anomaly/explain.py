@@ -191,14 +191,14 @@ def describe(rule: AnomalyRule) -> str:
     ...     print(part)
     anomaly spend-anomaly: tenant every 1m
     detector robust at sensitivity 0.8
-    pages from $0.5 per interval
+    pages from $0.5 in an interval or a run
     alert
     """
     scopes = ", ".join(s.value for s in rule.scopes)
     line = (
         f"anomaly {rule.id}: {scopes} every {rule.window}, detector {rule.detector} at "
-        f"sensitivity {rule.sensitivity:g}, pages from ${_number(rule.min_spend_usd)} per "
-        f"interval, {rule.action.value}" + (" (shadow)" if rule.shadow else "")
+        f"sensitivity {rule.sensitivity:g}, pages from ${_number(rule.min_spend_usd)} in an "
+        f"interval or a run, {rule.action.value}" + (" (shadow)" if rule.shadow else "")
     )
     if not rule.enabled:
         line += " (disabled)"
