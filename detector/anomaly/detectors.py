@@ -36,7 +36,9 @@ __all__ = [
 class UnivariateDetector(Protocol):
     def score_one(self, ts: float, x: float) -> Verdict: ...  # judges x at ts; does NOT learn
 
-    def learn_one(self, ts: float, x: float) -> None: ...  # the caller decides what to learn
+    # The caller decides what to learn; calibrate=False: a level shift already judged
+    # anomalous, which moves the expected value but does not widen the band.
+    def learn_one(self, ts: float, x: float, *, calibrate: bool = True) -> None: ...
 
 
 class MultivariateDetector(Protocol):

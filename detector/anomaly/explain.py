@@ -25,6 +25,49 @@ class IntervalHit:
     interval: ClosedInterval
     verdict: Verdict
     contributors: list[Contributor]
+    run_intervals: int = 1  # anomalous intervals in a row, this one included
+    run_excess_usd: float = 0.0  # their spend above expected
+    usual_call_usd: float | None = None  # the entity's usual cost per call
+    usual_calls: float | None = None  # and calls per interval
+
+
+def unit_note(hit: IntervalHit) -> str:
+    """Cost per call and calls against their usual values: a dearer model shows in the first.
+
+    >>> iv = ClosedInterval(("t", Scope.tenant, "t"), 0, 90_000, 20, {})
+    >>> v = Verdict(1.0, 0.005, 0.0, 0.01, True)
+    >>> unit_note(IntervalHit(iv, v, [], usual_call_usd=0.00027, usual_calls=19.2))
+    '$0.0045 a call, usually $0.00027 (16.7x); 20 calls, usually 19.2'
+    """
+    iv = hit.interval
+    if not iv.requests or hit.usual_call_usd is None or hit.usual_calls is None:
+        return ""
+    per_call = iv.cost_usd / iv.requests
+    ratio = f" ({per_call / hit.usual_call_usd:.1f}x)" if hit.usual_call_usd > 0 else ""
+    return (
+        f"${_number(_sig(per_call))} a call, usually ${_number(_sig(hit.usual_call_usd))}{ratio}; "
+        f"{iv.requests} calls, usually {_number(round(hit.usual_calls, 1))}"
+    )
+
+
+def run_note(hit: IntervalHit, window: str) -> str:
+    """For an anomaly that lasts, how long and how much above expected so far.
+
+    >>> iv = ClosedInterval(("t", Scope.tenant, "t"), 0, 90_000, 20, {})
+    >>> run_note(IntervalHit(iv, Verdict(1.0, 0.005, 0.0, 0.01, True), [], 6, 0.51), "1m")
+    '6 intervals of 1m in a row above normal, $0.51 above expected in all'
+    """
+    if hit.run_intervals < 2:
+        return ""
+    return (
+        f"{hit.run_intervals} intervals of {window} in a row above normal, "
+        f"${_number(round(hit.run_excess_usd, 2))} above expected in all"
+    )
+
+
+def _sig(value: float) -> float:
+    """Round to two significant digits (a cost per call may be a fraction of a cent)."""
+    return float(f"{value:.2g}")
 
 
 def interval_outcome(rules: RuleSet, rule: AnomalyRule, hit: IntervalHit, now_ms: int) -> Outcome:
@@ -41,6 +84,7 @@ def interval_outcome(rules: RuleSet, rule: AnomalyRule, hit: IntervalHit, now_ms
         f"{scope.value} {entity} spent ${_number(round(iv.cost_usd, 6))} in {rule.window} "
         f"({iv.requests} calls), expected ${_number(round(v.expected, 6))} "
         f"(normal up to ${_number(round(v.high, 6))}), anomaly score {v.score:.2f}"
+        + "".join(f"; {n}" for n in (unit_note(hit), run_note(hit, rule.window)) if n)
         + (f"; driven by {drivers}" if drivers else "")
     )
     decision = _enforced(rules, rule, tenant, scope, entity, reason, now_ms)
@@ -147,14 +191,14 @@ def describe(rule: AnomalyRule) -> str:
     ...     print(part)
     anomaly spend-anomaly: tenant every 1m
     detector robust at sensitivity 0.8
-    pages from $0.5 per interval
+    pages from $0.5 in an interval or a run
     alert
     """
     scopes = ", ".join(s.value for s in rule.scopes)
     line = (
         f"anomaly {rule.id}: {scopes} every {rule.window}, detector {rule.detector} at "
-        f"sensitivity {rule.sensitivity:g}, pages from ${_number(rule.min_spend_usd)} per "
-        f"interval, {rule.action.value}" + (" (shadow)" if rule.shadow else "")
+        f"sensitivity {rule.sensitivity:g}, pages from ${_number(rule.min_spend_usd)} in an "
+        f"interval or a run, {rule.action.value}" + (" (shadow)" if rule.shadow else "")
     )
     if not rule.enabled:
         line += " (disabled)"

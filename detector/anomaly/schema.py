@@ -72,7 +72,9 @@ class AnomalyRule(_Acting):
     detector: str = "robust"
     sensitivity: float = Field(default=0.8, ge=0, le=1)
     warmup: int | None = Field(default=None, ge=1)  # intervals; None: the detector's default
-    min_spend_usd: float = Field(default=0.5, ge=0)  # an interval below this never pages
+    # An anomalous interval pages when it cost this much, or when the run of anomalous
+    # intervals in a row it ends has cost this much above expected in all.
+    min_spend_usd: float = Field(default=0.5, ge=0)
     # An interval is anomalous only if it is also this many times the entity's recent normal
     # level (the last few intervals it learned): a daily ramp that climbs step by step is
     # learned as it goes, while a jump (a loop, a leaked key, a dearer model) stands out.

@@ -27,6 +27,7 @@ from detector.anomaly.detectors import UnivariateDetector
 from detector.anomaly.intervals import EntityKey, SubKey
 from detector.schemas import Scope
 
+STATE_VERSION = 2  # bumped when EntityState gains fields: older pickles are not reused
 MEAN_ALPHA = 0.05  # the usual interval spend, for naming contributors, follows ~20 intervals
 RECENT_ALPHA = 0.3  # the recent level follows the last 3-5 normal intervals
 MAX_USUAL_PARTS = 24  # sub-dimensions whose usual spend an entity remembers (the biggest)
@@ -43,6 +44,13 @@ class EntityState:
     anomalous_run: int = 0  # anomalous intervals in a row
     mean_usd: float = 0.0  # usual spend per active interval
     recent_usd: float = 0.0  # spend of the last few normal intervals (fast mean)
+    call_usd: float = 0.0  # usual cost per call (mean over normal intervals)
+    calls: float = 0.0  # usual calls per active interval
+    # An episode: since an anomalous interval, every interval still above the band. What it
+    # teaches the model moves the expected value only (see UnivariateDetector.learn_one).
+    episode: bool = False
+    episode_paged: bool = False  # the episode has paged (its entity's scope-mates fold into it)
+    run_excess_usd: float = 0.0  # spend above expected over the current anomalous run
     unsaved: int = 0  # intervals seen since the state was last written to Redis
     # Usual spend per interval of the biggest sub-dimensions (user, feature, model, key), so an
     # alert can say which of them spent more than they usually do. Stored divided by `fade`, so
@@ -50,10 +58,13 @@ class EntityState:
     usual_scaled: dict[SubKey, float] = field(default_factory=dict)
     fade: float = 1.0
 
-    def learned(self, cost_usd: float, parts: Mapping[SubKey, int]) -> None:
+    def learned(self, cost_usd: float, parts: Mapping[SubKey, int], requests: int = 0) -> None:
         """Fold a normal interval into the usual figures (exponentially weighted means)."""
         alpha = max(1.0 / (self.intervals + 1), MEAN_ALPHA)
         self.mean_usd += alpha * (cost_usd - self.mean_usd)
+        self.calls += alpha * (requests - self.calls)
+        if requests:
+            self.call_usd += alpha * (cost_usd / requests - self.call_usd)
         fast = max(1.0 / (self.intervals + 1), RECENT_ALPHA)
         self.recent_usd += fast * (cost_usd - self.recent_usd)
         self.fade *= 1 - alpha

@@ -172,10 +172,12 @@ class BandModel:
             return Verdict(0.0, expected, low, high, False)
         return Verdict(score_from_z(abs(x - expected) / spread, k), expected, low, high, True)
 
-    def learn_one(self, ts: float, x: float) -> None:
+    def learn_one(self, ts: float, x: float, *, calibrate: bool = True) -> None:
+        """Learn x; with calibrate=False x moves the expected value but not the spread or the
+        band (a level shift the caller already judged anomalous is not a sign of noise)."""
         _check_finite(x)
         expected = self.expected()
-        if expected is not None:
+        if expected is not None and calibrate:
             residual = abs(x - expected)
             if self.n >= _SETTLE_ROWS:
                 # Measured before the residual joins the spread, as score_one does; the first
@@ -295,6 +297,6 @@ class CombinedModel:
         expected = min(high, max(low, statistics.median(v.expected for v in judging)))
         return Verdict(max(v.score for v in judging), expected, low, high, first.warm)
 
-    def learn_one(self, ts: float, x: float) -> None:
+    def learn_one(self, ts: float, x: float, *, calibrate: bool = True) -> None:
         for part in self.parts:
-            part.learn_one(ts, x)
+            part.learn_one(ts, x, calibrate=calibrate)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from redis.asyncio import Redis
 
@@ -28,7 +28,7 @@ from detector.anomaly.intervals import (
 )
 from detector.anomaly.outliers import OutlierHit, OutlierWatch
 from detector.anomaly.schema import AnomalyRule, OutlierRule
-from detector.anomaly.state import EntityState, ModelStore
+from detector.anomaly.state import STATE_VERSION, EntityState, ModelStore
 from detector.decisions.policy import Outcome
 from detector.decisions.store import Change, DecisionStore
 from detector.rules.schema import RuleSet
@@ -57,7 +57,8 @@ class WatchStats:
 
 def signature(rule: AnomalyRule) -> str:
     """The settings a model depends on; a model built under other settings is not reused."""
-    return f"{rule.detector}|{rule.sensitivity}|{rule.interval_s}|{rule.warmup}"
+    # STATE_VERSION: states pickled by an older build lack fields; they start afresh.
+    return f"{STATE_VERSION}|{rule.detector}|{rule.sensitivity}|{rule.interval_s}|{rule.warmup}"
 
 
 class AnomalyWatch:
@@ -185,13 +186,14 @@ class AnomalyWatch:
         self.stats.anomalous += len(hits)
         self.stats.state_bytes_written += await self._store.save(changed, rule.idle_expiry_s)
         out = []
-        for hit in _fold_into_tenants(hits):
+        paging = {key[0] for key in groups if key[1] is Scope.tenant and self._paging(key)}
+        for hit in _fold_into_tenants(hits, paging):
             state = self._states.get(hit.interval.entity)
             usual = {k: state.usual_usd(k) for k in hit.interval.parts} if state else {}
             contributors = rank_contributors(
                 hit.interval.parts, hit.interval.cost_usd_micros, usual
             )
-            full = IntervalHit(hit.interval, hit.verdict, contributors)
+            full = replace(hit, contributors=contributors)
             out.append(interval_outcome(rules, rule, full, now_ms))
         return out
 
@@ -267,6 +269,10 @@ class AnomalyWatch:
             if key in self._states:
                 self._states.move_to_end(key)
 
+    def _paging(self, key: EntityKey) -> bool:
+        state = self._states.get(key)
+        return state is not None and state.episode_paged
+
     def _keep(self, key: EntityKey, state: EntityState) -> None:
         self._states[key] = state
         self._states.move_to_end(key)
@@ -296,18 +302,39 @@ class AnomalyWatch:
 
 
 def _judge(rule: AnomalyRule, state: EntityState, iv: ClosedInterval) -> IntervalHit | None:
-    """Score one closed interval, learn it unless it looked anomalous; the hit if it pages."""
+    """Score one closed interval, learn it unless it looked anomalous; the hit if it pages.
+
+    An interval pages when it is anomalous and cost at least `min_spend_usd`, or when the run
+    of anomalous intervals it ends has cost `min_spend_usd` above expected in all (a tenant
+    moved to a dearer model at night: a few cents a minute, but sixteen times its usual).
+    """
     ts_s = iv.start_ms / 1000
     x = iv.cost_usd
     verdict = state.detector.score_one(ts_s, x)
-    anomalous = verdict.warm and x > verdict.high and x > rule.jump_factor * state.recent_usd
+    above = verdict.warm and x > verdict.high
+    anomalous = above and x > rule.jump_factor * state.recent_usd
     state.anomalous_run = state.anomalous_run + 1 if anomalous else 0
+    state.run_excess_usd = state.run_excess_usd + x - verdict.expected if anomalous else 0.0
+    # From an anomalous interval until spend is back within the band, what is learned (after
+    # relearn_after, or under the jump factor once the recent level has caught up) is a level
+    # shift: it must not widen the band, or the next incident hides in it for a day.
+    state.episode = anomalous or (above and state.episode)
+    state.episode_paged = state.episode_paged and state.episode
     if not anomalous or state.anomalous_run > rule.relearn_after:
-        state.detector.learn_one(ts_s, x)
-        state.learned(x, iv.parts)
+        state.detector.learn_one(ts_s, x, calibrate=not state.episode)
+        state.learned(x, iv.parts, iv.requests)
         state.intervals += 1
-    if anomalous and x >= rule.min_spend_usd:
-        return IntervalHit(iv, verdict, [])
+    if anomalous and (x >= rule.min_spend_usd or state.run_excess_usd >= rule.min_spend_usd):
+        state.episode_paged = True
+        return IntervalHit(
+            iv,
+            verdict,
+            [],
+            run_intervals=state.anomalous_run,
+            run_excess_usd=state.run_excess_usd,
+            usual_call_usd=state.call_usd if state.intervals else None,
+            usual_calls=state.calls if state.intervals else None,
+        )
     return None
 
 
@@ -321,9 +348,11 @@ def _follows(last_start_ms: int, intervals: list[ClosedInterval], interval_ms: i
     return True
 
 
-def _fold_into_tenants(hits: list[IntervalHit]) -> list[IntervalHit]:
+def _fold_into_tenants(hits: list[IntervalHit], paging: set[str]) -> list[IntervalHit]:
     """One alert per tenant and interval: when the tenant itself is anomalous, its users,
-    features, models and keys of the same interval are named as its contributors instead."""
+    features, models and keys of the same interval are named as its contributors instead; and
+    while a tenant's anomaly that paged lasts (`paging`, still above its band), theirs are part
+    of it, not news."""
     tenants = {
         (h.interval.entity[0], h.interval.start_ms)
         for h in hits
@@ -333,7 +362,10 @@ def _fold_into_tenants(hits: list[IntervalHit]) -> list[IntervalHit]:
         h
         for h in hits
         if h.interval.entity[1] is Scope.tenant
-        or (h.interval.entity[0], h.interval.start_ms) not in tenants
+        or (
+            (h.interval.entity[0], h.interval.start_ms) not in tenants
+            and h.interval.entity[0] not in paging
+        )
     ]
 
 

@@ -16,6 +16,7 @@ from detector import keys
 from detector.anomaly.watch import AnomalyWatch
 from detector.pipeline import BatchResult, Deps, handle_batch
 from detector.schemas import Alert, Scope
+from detector.timefmt import rfc3339
 
 from .conftest import event_bytes, read_topic
 
@@ -251,3 +252,30 @@ async def test_a_partition_that_moves_away_and_back_does_not_roll_the_model_back
     back = first.anomaly.state_of(key)
     assert back is not None and back is not learned_first, "the stale copy must be replaced"
     assert back.intervals == 38 + 1 and back.last_start_ms == start + 40 * MINUTE_MS
+
+
+async def test_a_dearer_model_at_night_pages_once_its_run_cost_min_spend_across_a_move(
+    pipeline_deps_factory: Callable[[str], Deps], redis: Redis
+) -> None:
+    # Half a cent a minute, then every call sixteen times dearer: $0.08 a minute, far under
+    # min_spend_usd, but $0.075 above expected each minute; the run's total is kept in the
+    # state in Redis, so a partition that moves mid-run does not start it again.
+    rules = (
+        "anomaly: {scopes: [tenant], warmup: 20, min_spend_usd: 0.5, persist_every: 1,"
+        " outliers: null}\n"
+    )
+    deps = pipeline_deps_factory(rules)
+    first, second = with_models(deps, redis), with_models(deps, redis)
+    start = now_ms() - 90 * MINUTE_MS
+    start -= start % MINUTE_MS
+    calm = await play(first, start, range(30), 10, (0.0004, 0.0006))
+    dear = await play(first, start, range(30, 34), 10, (0.0075, 0.0085), model="gpt-4-32k")
+    assert anomaly_alerts(calm + dear) == []  # minutes 30-32 closed: $0.23 above expected
+    # The partition moves: minute 33 is split between the workers and never scored.
+    moved = await play(second, start, range(34, 40), 10, (0.0075, 0.0085), model="gpt-4-32k")
+    [alert] = anomaly_alerts(moved)
+    assert alert.scope is Scope.tenant and alert.observed < 0.1
+    # Minutes 30, 31, 32, 34, 35, 36 and 37: the seventh reaches $0.5.
+    assert alert.event_time == rfc3339(start + 38 * MINUTE_MS)
+    assert "7 intervals of 1m in a row above normal" in alert.message
+    assert "a call, usually $0.0005 (16" in alert.message, alert.message
