@@ -32,7 +32,7 @@ class Settings(BaseSettings):
     dedup_horizon_s: int = Field(default=48 * 3600, ge=60)
 
     # Hot path batching: at most this many events, or this long, per Redis round trip.
-    batch_max_events: int = Field(default=2000, ge=1, le=100_000)
+    batch_max_events: int = Field(default=10_000, ge=1, le=100_000)
     batch_max_wait_ms: int = Field(default=200, ge=1, le=10_000)
     batches_in_flight: int = Field(default=2, ge=1, le=8)
 

@@ -235,34 +235,45 @@ def allocate(total: int, weights: Sequence[int]) -> list[int]:
 
 
 @lru_cache(maxsize=4096)
-def _micros_per_token(price: ModelPrice) -> tuple[Decimal, Decimal, Decimal, Decimal]:
+def _micros_per_token(price: ModelPrice) -> tuple[tuple[int, int, int, int], int]:
+    """The four rates in micro-dollars per token as integers over one power of ten:
+    rate_i = numerators[i] / scale, exactly (from the decimals the floats spell)."""
     rates = (
         price.input_usd_per_token,
         price.output_usd_per_token,
         price.cache_read_usd_per_token,
         price.cache_creation_usd_per_token,
     )
-    a, b, c, d = (Decimal(repr(r)).scaleb(_MICROS_PER_USD_EXP, _EXACT) for r in rates)
-    return a, b, c, d
+    exact = [Decimal(repr(r)).scaleb(_MICROS_PER_USD_EXP, _EXACT) for r in rates]
+    exponent = min(min(int(d.as_tuple().exponent) for d in exact), 0)
+    a, b, c, d = (int(x.scaleb(-exponent, _EXACT)) for x in exact)
+    return (a, b, c, d), 10**-exponent
 
 
-def exact_parts_micros(event: UsageEvent, price: ModelPrice) -> list[Decimal]:
-    """Unrounded micro-dollars for input, output, cache read and cache creation, in that order."""
+def exact_parts_micros(event: UsageEvent, price: ModelPrice) -> tuple[list[int], int]:
+    """Unrounded micro-dollars for input, output, cache read and cache creation, in that order,
+    as integers over a common scale (part_i = numerators[i] / scale, exactly)."""
     uncached = event.input_tokens - event.cached_input_tokens - event.cache_creation_input_tokens
-    tokens = (
-        max(uncached, 0),
-        event.output_tokens + event.reasoning_tokens,
-        event.cached_input_tokens,
-        event.cache_creation_input_tokens,
-    )
-    rates = _micros_per_token(price)
-    return [_EXACT.multiply(Decimal(n), rate) for n, rate in zip(tokens, rates, strict=True)]
+    (a, b, c, d), scale = _micros_per_token(price)
+    return [
+        max(uncached, 0) * a,
+        (event.output_tokens + event.reasoning_tokens) * b,
+        event.cached_input_tokens * c,
+        event.cache_creation_input_tokens * d,
+    ], scale
 
 
-def _integer_weights(parts: Sequence[Decimal]) -> list[int]:
-    """The same proportions as `parts`, as integers (exact: scaled by a power of ten)."""
-    exponent = min(min(int(p.as_tuple().exponent) for p in parts), 0)
-    return [int(p.scaleb(-exponent, _EXACT)) for p in parts]
+def _round_half_even(numerator: int, scale: int) -> int:
+    """numerator / scale rounded to an integer, half to even.
+
+    >>> [_round_half_even(n, 10) for n in (14, 15, 25, 26)]
+    [1, 2, 2, 3]
+    """
+    quotient, remainder = divmod(numerator, scale)
+    twice = 2 * remainder
+    if twice > scale or (twice == scale and quotient % 2 == 1):
+        quotient += 1
+    return quotient
 
 
 def price_event(event: UsageEvent, table: PriceTable) -> Costs:
@@ -271,13 +282,12 @@ def price_event(event: UsageEvent, table: PriceTable) -> Costs:
     given = None if event.cost_usd is None else usd_to_micros(event.cost_usd)
     if price is None:
         return UNPRICED if given is None else _unattributed(given, None)
-    exact = exact_parts_micros(event, price)
-    rounded = [int(p.to_integral_value(ROUND_HALF_EVEN)) for p in exact]
-    computed = sum(rounded)
+    weights, scale = exact_parts_micros(event, price)
+    rounded = [_round_half_even(w, scale) for w in weights]
+    computed = rounded[0] + rounded[1] + rounded[2] + rounded[3]
     if given is None or given == computed:
         parts = rounded
     else:
-        weights = _integer_weights(exact)
         if not any(weights):
             return _unattributed(given, computed)
         parts = allocate(given, weights)

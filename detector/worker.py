@@ -42,6 +42,7 @@ from detector.windows.counters import WindowStore
 log = logging.getLogger("detector.worker")
 
 RETRY_MAX_S = 30.0
+COLLECT_POLL_MS = 10  # poll interval while a batch runs and the next one is being collected
 Polled = dict[TopicPartition, list[ConsumerRecord[Any, Any]]]
 
 
@@ -137,25 +138,34 @@ class EventsConsumer:
         await kafka.start()
         await consumer.start()
         log.info("consuming %s", settings.topic(keys.TOPIC_EVENTS))
-        # Batches in flight: while Redis works on one, Python decodes the next. Offsets are
-        # committed strictly in order, each after its own batch is done.
+        # Batches in flight: while Redis works on one, Python prepares the next. A batch goes
+        # out when nothing is in flight (the stores are idle: no reason to wait) or when it is
+        # full; otherwise it keeps collecting, so that under load batches grow with the time a
+        # batch takes and the per-batch costs are shared by many events. Offsets are committed
+        # strictly in order, each after its own batch is done.
         inflight: deque[tuple[asyncio.Task[None], Polled]] = deque()
+        records: list[ConsumerRecord[Any, Any]] = []
+        polled: Polled = {}
         try:
             while True:
-                polled = await consumer.getmany(
-                    timeout_ms=settings.batch_max_wait_ms, max_records=settings.batch_max_events
-                )
-                records = [r for batch in polled.values() for r in batch]
-                if records:
-                    inflight.append((asyncio.create_task(self._process(records, deps)), polled))
-                while inflight and (
-                    len(inflight) >= settings.batches_in_flight
-                    or inflight[0][0].done()
-                    or not records
-                ):
-                    task, done_polled = inflight.popleft()
-                    await task
-                    await _commit(consumer, done_polled)
+                room = settings.batch_max_events - len(records)
+                if room > 0:
+                    # Idle: wait for events; collecting behind a running batch: look briefly.
+                    wait_ms = COLLECT_POLL_MS if inflight or records else settings.batch_max_wait_ms
+                    for tp, batch in (
+                        await consumer.getmany(timeout_ms=wait_ms, max_records=room)
+                    ).items():
+                        polled.setdefault(tp, []).extend(batch)
+                        records.extend(batch)
+                while inflight and inflight[0][0].done():
+                    await _finish(consumer, inflight.popleft())
+                full = len(records) >= settings.batch_max_events
+                if records and (not inflight or full):
+                    if len(inflight) >= settings.batches_in_flight:
+                        await _finish(consumer, inflight.popleft())
+                    task = asyncio.create_task(self._process(records, deps))
+                    inflight.append((task, polled))
+                    records, polled = [], {}
         finally:
             for task, _ in inflight:
                 task.cancel()
@@ -200,6 +210,12 @@ class EventsConsumer:
                 await handle_batch([(r.key, r.value)], deps, now_ms())
             except Exception:
                 log.exception("event failed at %s[%s]@%s; skipped", r.topic, r.partition, r.offset)
+
+
+async def _finish(consumer: AIOKafkaConsumer, done: tuple[asyncio.Task[None], Polled]) -> None:
+    task, polled = done
+    await task
+    await _commit(consumer, polled)
 
 
 async def _commit(consumer: AIOKafkaConsumer, polled: Polled) -> None:

@@ -71,6 +71,8 @@ MONEY_METRICS = frozenset(
     {"cost_usd", "input_cost_usd", "output_cost_usd", "billed_cost_usd", "table_cost_usd"}
 )
 WIDTH = len(METRICS)
+# Events of one tenant per Lua call: about 30 ms of Redis time at most.
+MAX_EVENTS_PER_CALL = 1000
 WINDOW_SCOPES: tuple[Scope, ...] = tuple(Scope)
 # The scopes inside a tenant, each with the event field that names its entity.
 NESTED_FIELDS: tuple[tuple[Scope, str], ...] = (
@@ -359,32 +361,36 @@ class WindowStore:
                 pending[item.event.event_id] = item
         applied: list[PricedEvent] = []
         first_seen: dict[tuple[str, Scope, str], int] = {}
-        todo = {tenant: list(items.values()) for tenant, items in by_tenant.items()}
+        # One Lua call per tenant and chunk: a big tenant's share of a big batch is cut so
+        # that no call holds Redis for long (each call is atomic on its own).
+        todo = [
+            (tenant, chunk)
+            for tenant, items in by_tenant.items()
+            for chunk in _chunks(list(items.values()), MAX_EVENTS_PER_CALL)
+        ]
         while todo:
-            tenants = list(todo)
             pipe = self._redis.pipeline(transaction=False)
             asked: list[tuple[list[tuple[str, Scope, str]], int]] = []
-            for tenant in tenants:
+            for tenant, items in todo:
                 zone = zones(tenant) if zones is not None else None
-                payload, deltas, firsts = self._payload(todo[tenant], now_ms, series, zone, reach)
+                payload, deltas, firsts = self._payload(items, now_ms, series, zone, reach)
                 asked.append(firsts)
                 await self._apply(keys=[dedup_prefix(tenant)], args=[payload, deltas], client=pipe)
             replies = await pipe.execute()
-            retry: dict[str, list[PricedEvent]] = {}
-            for tenant, (dups, previous), (targets, value) in zip(
-                tenants, replies, asked, strict=True
+            retry: list[tuple[str, list[PricedEvent]]] = []
+            for (tenant, items), (dups, previous), (targets, value) in zip(
+                todo, replies, asked, strict=True
             ):
-                items = todo[tenant]
                 if not dups:
                     applied.extend(items)
                     for target, before in zip(targets, previous, strict=True):
-                        first_seen[target] = int(before) if before else value
+                        first_seen.setdefault(target, int(before) if before else value)
                     continue
                 seen = {r.decode() if isinstance(r, bytes) else str(r) for r in dups}
                 duplicates.extend(it for it in items if it.event.event_id in seen)
                 rest = [it for it in items if it.event.event_id not in seen]
                 if rest:
-                    retry[tenant] = rest
+                    retry.append((tenant, rest))
             todo = retry
         return ApplyResult(applied, duplicates, touched_entities(applied), first_seen)
 
@@ -688,6 +694,10 @@ def entity_slots(event: UsageEvent) -> list[Slot]:
         if entity is not None:
             out.append((group, entity))
     return out
+
+
+def _chunks(items: list[PricedEvent], size: int) -> list[list[PricedEvent]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 def _add(a: list[int], b: list[int]) -> list[int]:
