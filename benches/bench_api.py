@@ -1,6 +1,6 @@
 """The lookup API under HTTP load, against the floor for any aiohttp + Redis endpoint (loopback).
 
-    /tmp/probe-venv/bin/python benches/bench_api.py [--duration-s 10] [--conns 64] [--rate 2000]
+    .venv/bin/python benches/bench_api.py [--duration-s 10] [--conns 64] [--rate 2000]
 
 Three servers run as separate processes, started by this script: `python -m detector api` with
 its in-process decision cache (the default, DETECTOR_API_CACHE_MAX_AGE_S=10), the same with the

@@ -1,6 +1,6 @@
 """Decision freshness: from a cost event produced to the changed answer visible in the lookup API.
 
-    /tmp/probe-venv/bin/python benches/bench_freshness.py [--rate 5000] [--probes 60]
+    .venv/bin/python benches/bench_freshness.py [--rate 5000] [--probes 60]
 
 Starts `python -m detector worker` and `python -m detector api` as subprocesses on their own
 topics (`benchf-<uuid>.*`), Redis database 8 and a rules file with one rule: a tenant whose

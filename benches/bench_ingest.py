@@ -1,6 +1,6 @@
 """Where the worker's hot path belongs, measured on the real stack (Kafka and Redis on loopback).
 
-    /tmp/probe-venv/bin/python benches/bench_ingest.py [--events 50000]
+    .venv/bin/python benches/bench_ingest.py [--events 50000]
 
 Cases, one line each (ratio = base_s / cand_s; *_eps = events per second):
 - ingest_faust_vs_batched: the same pre-produced topic consumed end to end (decode, price,

@@ -394,9 +394,10 @@ class StagedWindowStore(WindowStore):
         series: Callable[[UsageEvent], list[Slot]] | None = None,
         zones: Zones | None = None,
         reach: ReachNeeds | None = None,
+        settle_holds: bool = False,
     ) -> ApplyResult:
         begun = await self._begin()
-        result = await super().apply_batch(batch, now_ms, series, zones, reach)
+        result = await super().apply_batch(batch, now_ms, series, zones, reach, settle_holds)
         await self._end("apply_batch", begun)
         return result
 

@@ -1,6 +1,6 @@
 """The floor for a lookup endpoint: aiohttp, one Redis GET, a constant small JSON answer.
 
-    /tmp/probe-venv/bin/python benches/minimal_app.py --port 8099 --redis-url redis://127.0.0.1:6379/11
+    .venv/bin/python benches/minimal_app.py --port 8099 --redis-url redis://127.0.0.1:6379/11
 
 `GET /get?tenant_id=<t>&user_id=<u>` reads one key built from the query (with redis.asyncio,
 which parses replies with hiredis) and answers `{"action":"allow"}` whatever it finds. Served

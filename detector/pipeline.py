@@ -33,7 +33,6 @@ from detector.schemas import Alert, Decision, Scope, UsageEvent
 from detector.sinks.base import Outputs
 from detector.windows.buckets import DAY_S, MAX_RETENTION_S, WINDOW_LENGTH_S, calendar_end_ms
 from detector.windows.counters import (
-    ApplyResult,
     PricedEvent,
     ReachNeeds,
     Slot,
@@ -80,16 +79,17 @@ async def handle_batch(messages: Sequence[RawMessage], deps: Deps, now_ms: int) 
         priced.append(PricedEvent(event, price_event(event, deps.prices)))
 
     rules = deps.rules()
+    # A counted cost event releases the reservation made under the same request id, in the
+    # same atomic write as its counts.
     applied = await deps.windows.apply_batch(
-        priced, now_ms, filtered_series(rules), rules.zone, reach_needs(rules)
+        priced,
+        now_ms,
+        filtered_series(rules),
+        rules.zone,
+        reach_needs(rules),
+        settle_holds=bool(rules.budgets),
     )
     result.applied, result.duplicates = len(applied.applied), len(applied.duplicates)
-    if rules.budgets and applied.applied:
-        # A counted cost event releases the reservation made under the same request id.
-        by_tenant: dict[str, list[str]] = {}
-        for it in applied.applied:
-            by_tenant.setdefault(it.event.tenant_id, []).append(it.event.event_id)
-        await deps.decisions.reservations.settle(by_tenant)
     late_before_ms = now_ms - settings.allowed_lateness_s * 1000
     result.late = sum(1 for it in applied.applied if it.event.ts_ms < late_before_ms)
     result.alerts.extend(await _unpriced_alerts(applied.applied, deps, now_ms))
@@ -97,11 +97,12 @@ async def handle_batch(messages: Sequence[RawMessage], deps: Deps, now_ms: int) 
     if applied.applied:
         # Rules read the windows at event time: the newest event of the batch, never the future.
         eval_ms = min(max(it.event.ts_ms for it in applied.applied), now_ms)
-        targets = [(t.tenant_id, t.scope, t.entity_id) for t in applied.touched]
+        targets: list[tuple[str, Scope, str]] = list(applied.touched)
         sums = await _read_sums(rules, deps, reads_needed(rules, targets), eval_ms)
         hits = evaluate_rules(rules, sums)
         if any(isinstance(r, AbuseRule) for r in rules.rules):
-            facts = await _abuse_facts(rules, applied, deps, eval_ms)
+            # First-seen times and API key reach came back with the counts.
+            facts = AbuseFacts(applied.first_seen, applied.key_reach)
             hits += evaluate_abuse(rules, sums, facts, eval_ms)
         outcomes = decide(rules, hits, eval_ms, now_ms)
         alerting = [
@@ -202,24 +203,8 @@ def reach_needs(rules: RuleSet) -> ReachNeeds | None:
         first_seen=frozenset(r.target_scope for r in abuse if r.pattern == "new_entity_burst"),
         key_users=any(r.max_users is not None for r in shared),
         key_tenants=any(r.max_tenants is not None for r in shared),
+        key_window_s=max((WINDOW_LENGTH_S[r.window] for r in shared), default=0),
     )
-
-
-async def _abuse_facts(
-    rules: RuleSet, applied: ApplyResult, deps: Deps, eval_ms: int
-) -> AbuseFacts:
-    """First-seen times (recorded with the counts) and API key reach for the entities the
-    batch touched."""
-    shared = [r for r in rules.rules if isinstance(r, AbuseRule) and r.pattern == "shared_key"]
-    reach: dict[tuple[str, str], tuple[int, int]] = {}
-    if shared:
-        api_keys = sorted(
-            (t.tenant_id, t.entity_id) for t in applied.touched if t.scope is Scope.api_key
-        )
-        window_s = max(WINDOW_LENGTH_S[r.window] for r in shared)
-        counts = await deps.windows.reach.key_reach(api_keys, window_s, eval_ms)
-        reach = dict(zip(api_keys, counts, strict=True))
-    return AbuseFacts(dict(applied.first_seen), reach)
 
 
 async def _budget_outcomes(

@@ -1,7 +1,7 @@
 """Budget reservations: a gateway holds an estimated cost against every budget that applies
 before it forwards a request, atomically, so that concurrent requests cannot together spend
-past a budget; the request's cost event (same id) releases the hold, and an unsettled hold
-expires on its own.
+past a budget; the request's cost event (same id) releases the hold when it is counted (in the
+windows' own atomic write, detector.windows.counters), and an unsettled hold expires on its own.
 
 All of one tenant's keys share its Redis Cluster slot, so one Lua call checks and holds across
 every budget of the request at once. Spend comes from the day buckets of the budget's period;
@@ -72,20 +72,8 @@ redis.call('PEXPIRE', KEYS[1], p.ttl * 2)
 return out
 """
 
+
 # KEYS[1]: any key of the tenant; ARGV: request ids whose cost events were counted.
-_SETTLE_LUA = """
-local prefix = KEYS[1]
-for _, id in ipairs(ARGV) do
-  local index = prefix .. id
-  for _, hold in ipairs(redis.call('LRANGE', index, 0, -1)) do
-    redis.call('HDEL', hold, id)
-  end
-  redis.call('DEL', index)
-end
-return 0
-"""
-
-
 @dataclass(frozen=True, slots=True)
 class Held:
     budget: BudgetRule
@@ -118,7 +106,6 @@ class ReservationStore:
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
         self._reserve = redis.register_script(_RESERVE_LUA)
-        self._settle = redis.register_script(_SETTLE_LUA)
 
     async def reserve(
         self,
@@ -189,14 +176,3 @@ class ReservationStore:
             return []
         result = await self._call(tenant, "", 0, budgets, 1, now_ms, peek=True, zone=zone)
         return result.budgets
-
-    async def settle(self, by_tenant: dict[str, list[str]]) -> None:
-        """Release the holds of requests whose cost events were counted."""
-        if not by_tenant:
-            return
-        pipe = self._redis.pipeline(transaction=False)
-        for tenant, request_ids in by_tenant.items():
-            await self._settle(
-                keys=[keys.hold_index_key(tenant, "")], args=request_ids, client=pipe
-            )
-        await pipe.execute()

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import tzinfo
 from functools import lru_cache
+from typing import NamedTuple
 
 import orjson
 from redis.asyncio import Redis
@@ -49,7 +50,6 @@ from detector.windows.buckets import (
     window_buckets,
     writable_buckets,
 )
-from detector.windows.reach import HLL_KEEP_S, ReachStore
 
 # Metrics in the order of their counters in a bucket. Money is in integer micro-dollars.
 METRICS: tuple[str, ...] = (
@@ -71,6 +71,9 @@ MONEY_METRICS = frozenset(
     {"cost_usd", "input_cost_usd", "output_cost_usd", "billed_cost_usd", "table_cost_usd"}
 )
 WIDTH = len(METRICS)
+# API keys' distinct users and tenants: HyperLogLogs per hour (about 0.8% standard error), kept
+# longer than any window a distinct count is asked for.
+HLL_KEEP_S = 2 * 86400
 # Events of one tenant per Lua call: about 30 ms of Redis time at most.
 MAX_EVENTS_PER_CALL = 1000
 WINDOW_SCOPES: tuple[Scope, ...] = tuple(Scope)
@@ -114,12 +117,16 @@ local function int(v) return string.format('%d', v) end
 #                "z": [[rank key, ttl ms, [member, micro-dollars, ...]], ...],
 #                "h": [[quality key, ttl ms, [field, increment, ...]], ...],
 #                "u": [[distinct-count key, ttl s, [member, ...]], ...],
-#                "f": [first-seen key, ...], "fv": first-seen value, "ft": its ttl in s}
+#                "f": [first-seen key, ...], "fv": first-seen value, "ft": its ttl in s,
+#                "c": [[distinct-count key, ...], ...] counted after the additions,
+#                "r": hold index prefix, or "" when no reservation can be open}
 # Lifetimes are relative to the caller's clock (wall time in the worker, event time in a
 # backtest), so a replay of old events keeps its buckets as long as the live worker would.
 # ARGV[2]: the deltas, packed one after another in the bucket layout: the bucket keys' first,
 # then the hashes' entities in order.
-# Returns {event ids seen before (nothing was applied if any), previous first-seen values}.
+# With "r", each counted event releases the budget holds its reservation (same id) made.
+# Returns {event ids seen before (nothing was applied if any), previous first-seen values,
+#          distinct counts}.
 _APPLY_LUA = (
     _LUA_COMMON
     + """
@@ -136,7 +143,7 @@ for _, group in ipairs(p.s) do
     end
   end
 end
-if #dups > 0 then return {dups, {}} end
+if #dups > 0 then return {dups, {}, {}} end
 for _, group in ipairs(p.s) do
   local key = KEYS[1] .. int(group[1])
   local ids = group[2]
@@ -197,7 +204,18 @@ local first = {}
 for i, key in ipairs(p.f) do
   first[i] = redis.call('SET', key, int(p.fv), 'NX', 'GET', 'EX', int(p.ft))
 end
-return {dups, first}
+local counts = {}
+for i, names in ipairs(p.c) do counts[i] = redis.call('PFCOUNT', unpack(names)) end
+if p.r ~= '' then
+  for _, group in ipairs(p.s) do
+    for _, id in ipairs(group[2]) do
+      local index = p.r .. id
+      for _, hold in ipairs(redis.call('LRANGE', index, 0, -1)) do redis.call('HDEL', hold, id) end
+      redis.call('DEL', index)
+    end
+  end
+end
+return {dups, first, counts}
 """
 )
 
@@ -246,9 +264,9 @@ class PricedEvent:
     costs: Costs
 
 
-@dataclass(frozen=True, slots=True)
-class Touched:
-    """An entity whose windows changed in a batch."""
+class Touched(NamedTuple):
+    """An entity whose windows changed in a batch (a plain tuple: equal to and hashed as
+    (tenant, scope, entity), the rules' target)."""
 
     tenant_id: str
     scope: Scope
@@ -262,6 +280,8 @@ class ApplyResult:
     touched: set[Touched]
     # When each entity of ReachNeeds.first_seen's scopes was first seen (epoch ms).
     first_seen: dict[tuple[str, Scope, str], int] = dataclasses.field(default_factory=dict)
+    # (tenant, API key) -> (distinct users, distinct tenants) over ReachNeeds.key_window_s.
+    key_reach: dict[tuple[str, str], tuple[int, int]] = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,6 +291,7 @@ class ReachNeeds:
     first_seen: frozenset[Scope] = frozenset()  # scopes whose entities' first-seen time is kept
     key_users: bool = False  # distinct users of each API key per hour
     key_tenants: bool = False  # distinct tenants of each API key id per hour
+    key_window_s: int = 0  # distinct counts are read back over this much (whole hours)
 
 
 def event_vector(item: PricedEvent) -> list[int]:
@@ -332,7 +353,6 @@ class WindowStore:
         self._allowed_lateness_ms = (
             None if allowed_lateness_s is None else allowed_lateness_s * 1000
         )
-        self.reach = ReachStore(redis)
         self._apply = redis.register_script(_APPLY_LUA)
         self._sum = redis.register_script(_SUM_LUA)
 
@@ -343,6 +363,7 @@ class WindowStore:
         series: Callable[[UsageEvent], list[Slot]] | None = None,
         zones: Zones | None = None,
         reach: ReachNeeds | None = None,
+        settle_holds: bool = False,
     ) -> ApplyResult:
         """Count every event of the batch that was not counted before, exactly once.
 
@@ -350,6 +371,8 @@ class WindowStore:
         `zones` gives a tenant's time zone, if it has one: its entities also get day buckets
         that start at local midnight, for its calendar windows and budgets. `reach` says what
         the abuse patterns need recorded with the counts (first-seen times, distinct counts).
+        With `settle_holds`, each counted event releases the budget holds its reservation (same
+        request id) made, in the same atomic call.
         """
         by_tenant: dict[str, dict[str, PricedEvent]] = defaultdict(dict)
         duplicates: list[PricedEvent] = []
@@ -361,6 +384,7 @@ class WindowStore:
                 pending[item.event.event_id] = item
         applied: list[PricedEvent] = []
         first_seen: dict[tuple[str, Scope, str], int] = {}
+        key_reach: dict[tuple[str, str], tuple[int, int]] = {}
         # One Lua call per tenant and chunk: a big tenant's share of a big batch is cut so
         # that no call holds Redis for long (each call is atomic on its own).
         todo = [
@@ -370,21 +394,23 @@ class WindowStore:
         ]
         while todo:
             pipe = self._redis.pipeline(transaction=False)
-            asked: list[tuple[list[tuple[str, Scope, str]], int]] = []
+            asked: list[_Asked] = []
             for tenant, items in todo:
                 zone = zones(tenant) if zones is not None else None
-                payload, deltas, firsts = self._payload(items, now_ms, series, zone, reach)
-                asked.append(firsts)
+                holds = keys.hold_index_key(tenant, "") if settle_holds else ""
+                payload, deltas, ask = self._payload(items, now_ms, series, zone, reach, holds)
+                asked.append(ask)
                 await self._apply(keys=[dedup_prefix(tenant)], args=[payload, deltas], client=pipe)
             replies = await pipe.execute()
             retry: list[tuple[str, list[PricedEvent]]] = []
-            for (tenant, items), (dups, previous), (targets, value) in zip(
+            for (tenant, items), (dups, previous, counts), ask in zip(
                 todo, replies, asked, strict=True
             ):
                 if not dups:
                     applied.extend(items)
-                    for target, before in zip(targets, previous, strict=True):
-                        first_seen.setdefault(target, int(before) if before else value)
+                    for target, before in zip(ask.firsts, previous, strict=True):
+                        first_seen.setdefault(target, int(before) if before else ask.first_value)
+                    key_reach.update(ask.reach(tenant, counts))
                     continue
                 seen = {r.decode() if isinstance(r, bytes) else str(r) for r in dups}
                 duplicates.extend(it for it in items if it.event.event_id in seen)
@@ -392,7 +418,7 @@ class WindowStore:
                 if rest:
                     retry.append((tenant, rest))
             todo = retry
-        return ApplyResult(applied, duplicates, touched_entities(applied), first_seen)
+        return ApplyResult(applied, duplicates, touched_entities(applied), first_seen, key_reach)
 
     def _payload(
         self,
@@ -401,11 +427,12 @@ class WindowStore:
         series: Callable[[UsageEvent], list[Slot]] | None,
         zone: tzinfo | None = None,
         reach: ReachNeeds | None = None,
-    ) -> tuple[bytes, bytes, tuple[list[tuple[str, Scope, str]], int]]:
+        holds: str = "",
+    ) -> tuple[bytes, bytes, _Asked]:
         """One tenant's Lua call: its arguments (JSON with the dedup groups by hour, the bucket
         keys and hashes with their expiries, roll-ups and reach; the summed vectors, packed in
-        the same order), and the entities whose first-seen time it asks for, with the time it
-        records for a new one.
+        the same order), and what it asks back (first-seen times, distinct counts).
+        `holds` is the hold index prefix when counted events settle reservations.
 
         Events are summed per entity and minute first; only those sums are then spread over
         the longer buckets, so the shared entities (tenant, model, feature) cost one vector
@@ -470,6 +497,7 @@ class WindowStore:
                     hash_deltas += pack(*vector)
         first_value = min(newest_ms, now_ms)
         firsts = _first_seen_targets(items, reach) if reach is not None else []
+        api_keys, counts = _reach_counts(items, reach, first_value)
         payload = {
             "x": self._dedup_horizon_ms,
             "s": [[hour, ids] for hour, ids in by_hour.items()],
@@ -481,8 +509,11 @@ class WindowStore:
             "f": [keys.first_seen_key(*target) for target in firsts],
             "fv": first_value,
             "ft": MAX_RETENTION_S,
+            "c": counts,
+            "r": holds,
         }
-        return orjson.dumps(payload), bytes(key_deltas + hash_deltas), (firsts, first_value)
+        asked = _Asked(firsts, first_value, api_keys, reach)
+        return orjson.dumps(payload), bytes(key_deltas + hash_deltas), asked
 
     async def read_windows(
         self,
@@ -523,6 +554,50 @@ class WindowStore:
             for n, index in enumerate(by_owner[owner]):
                 out[index] = named_metrics(reply[n * WIDTH : (n + 1) * WIDTH])
         return out
+
+
+@dataclass(frozen=True, slots=True)
+class _Asked:
+    """What one tenant's apply call asks back: first-seen times of `firsts`, and the distinct
+    users and tenants of `api_keys` (one count each per kind the rules need, in that order)."""
+
+    firsts: list[tuple[str, Scope, str]]
+    first_value: int  # what a new entity's first-seen time is recorded as
+    api_keys: list[str]
+    needs: ReachNeeds | None
+
+    def reach(self, tenant: str, counts: Sequence[int]) -> dict[tuple[str, str], tuple[int, int]]:
+        if self.needs is None or not self.api_keys:
+            return {}
+        step = int(self.needs.key_users) + int(self.needs.key_tenants)
+        out = {}
+        for n, key in enumerate(self.api_keys):
+            got = list(counts[n * step : (n + 1) * step])
+            users = int(got.pop(0)) if self.needs.key_users else 0
+            tenants = int(got.pop(0)) if self.needs.key_tenants else 0
+            out[(tenant, key)] = (users, tenants)
+        return out
+
+
+def _reach_counts(
+    items: Sequence[PricedEvent], reach: ReachNeeds | None, at_ms: int
+) -> tuple[list[str], list[list[str]]]:
+    """The tenant's API keys whose reach the rules read, and for each the distinct-count keys
+    (users, then tenants, as needed) to count over the hours covering key_window_s."""
+    if reach is None or not (reach.key_users or reach.key_tenants):
+        return [], []
+    api_keys = sorted({it.event.api_key_id for it in items if it.event.api_key_id is not None})
+    hours = max(1, -(-reach.key_window_s // HOUR_S))
+    last = at_ms - at_ms % _HOUR_MS
+    starts = [last - i * _HOUR_MS for i in range(hours)]
+    tenant = items[0].event.tenant_id if items else ""
+    counts = []
+    for key in api_keys:
+        if reach.key_users:
+            counts.append([keys.key_users_key(tenant, key, h) for h in starts])
+        if reach.key_tenants:
+            counts.append([keys.key_tenants_key(key, h) for h in starts])
+    return api_keys, counts
 
 
 def _first_seen_targets(
@@ -761,4 +836,4 @@ def touched_entities(items: Iterable[PricedEvent]) -> set[Touched]:
             entity = getattr(ev, field)
             if entity is not None:
                 add((tenant, scope, entity))
-    return {Touched(*t) for t in seen}
+    return {Touched._make(t) for t in seen}
