@@ -121,3 +121,33 @@ async def test_late_event_skips_expired_buckets_only(redis: Redis) -> None:
     assert await redis.keys("det:win:{t:acme}:tenant:60:*") == []
     assert await redis.keys("det:win:{t:acme}:tenant:300:*") == []
     assert await redis.keys("det:win:{t:acme}:tenant:3600:*") != []
+
+
+async def test_a_tenant_over_several_calls_counts_each_event_once(redis: Redis) -> None:
+    # More events of one tenant than one Lua call takes: the batch goes out in chunks, and
+    # ids seen in an earlier batch, spread over every chunk, are still dropped.
+    from detector.windows.counters import MAX_EVENTS_PER_CALL
+
+    table = PriceTable.load()
+    store = WindowStore(redis, dedup_horizon_s=3600)
+    now_ms = time.time_ns() // 1_000_000
+    n = MAX_EVENTS_PER_CALL * 2 + 500
+    events = [
+        priced(table, event_id=f"e{i}", ts_ms=now_ms, user_id=f"u{i % 700}", cost_usd=0.001 * i)
+        for i in range(n)
+    ]
+    earlier = events[::8]
+    first = await store.apply_batch(earlier, now_ms)
+    assert len(first.applied) == len(earlier)
+
+    result = await store.apply_batch(events, now_ms)
+    assert len(result.applied) == n - len(earlier)
+    assert len(result.duplicates) == len(earlier)
+
+    [tenant, user] = await store.read_windows(
+        [("acme", Scope.tenant, "acme", "1h"), ("acme", Scope.user, "u7", "1h")], now_ms
+    )
+    expected_micros = sum(round(1000 * i) for i in range(n))
+    assert round(tenant["cost_usd"] * 1_000_000) == expected_micros
+    assert tenant["requests"] == n
+    assert user["requests"] == len(range(7, n, 700))

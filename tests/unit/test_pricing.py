@@ -346,3 +346,54 @@ def test_parts_always_sum_to_total(table: PriceTable, **fields: object) -> None:
         assert uncached > 0 or costs.input_usd_micros == 0
         assert event.cached_input_tokens > 0 or costs.cached_read_usd_micros == 0
         assert event.cache_creation_input_tokens > 0 or costs.cache_creation_usd_micros == 0
+
+
+def _decimal_parts(event: UsageEvent, price: ModelPrice) -> list[int]:
+    """The parts as the accounting defines them, computed independently in Decimal."""
+    from decimal import ROUND_HALF_EVEN, Decimal, localcontext
+
+    uncached = event.input_tokens - event.cached_input_tokens - event.cache_creation_input_tokens
+    tokens = (
+        max(uncached, 0),
+        event.output_tokens + event.reasoning_tokens,
+        event.cached_input_tokens,
+        event.cache_creation_input_tokens,
+    )
+    rates = (
+        price.input_usd_per_token,
+        price.output_usd_per_token,
+        price.cache_read_usd_per_token,
+        price.cache_creation_usd_per_token,
+    )
+    with localcontext() as ctx:
+        ctx.prec = 80
+        return [
+            int((Decimal(n) * Decimal(repr(r)) * MILLION).to_integral_value(ROUND_HALF_EVEN))
+            for n, r in zip(tokens, rates, strict=True)
+        ]
+
+
+@settings(max_examples=1_000, deadline=None, database=None)
+@given(
+    model=st.sampled_from([m for m in MODELS if m != "nope-1"]),
+    input_tokens=TOKENS,
+    output_tokens=TOKENS,
+    cached_input_tokens=TOKENS,
+    reasoning_tokens=TOKENS,
+    cache_creation_input_tokens=TOKENS,
+)
+def test_integer_parts_equal_an_independent_decimal_computation(
+    table: PriceTable, **fields: object
+) -> None:
+    event = make_event(**fields)
+    price = table.lookup(event.model, event.provider)
+    assert price is not None
+    costs = price_event(event, table)
+    expected = _decimal_parts(event, price)
+    assert [
+        costs.input_usd_micros,
+        costs.output_usd_micros,
+        costs.cached_read_usd_micros,
+        costs.cache_creation_usd_micros,
+    ] == expected
+    assert costs.total_usd_micros == sum(expected)
