@@ -86,6 +86,22 @@ def hold_key(tenant: str, budget_id: str, scope: str, entity: str) -> str:
     return f"det:hold:{_tag(tenant)}:{budget_id}:{scope}:{entity}"
 
 
+def global_outbox_key(tenant: str) -> str:
+    """List of a tenant's contributions to the global scope not yet added there, each
+    "<sequence number>|<JSON>", oldest first (see detector.windows.counters)."""
+    return f"det:gout:{_tag(tenant)}"
+
+
+def global_outbox_seq_key(tenant: str) -> str:
+    """Counter numbering a tenant's global contributions; never expires, never goes back."""
+    return f"det:gout:{_tag(tenant)}:seq"
+
+
+def global_forwarded_key() -> str:
+    """Hash, in the global slot, of the last contribution added per tenant (tenant -> seq)."""
+    return f"det:gseq:{_tag(GLOBAL_TENANT)}"
+
+
 def hold_index_key(tenant: str, request_id: str) -> str:
     """The hold keys one reservation wrote, so its cost event can release them."""
     return f"det:holdidx:{_tag(tenant)}:{request_id}"

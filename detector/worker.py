@@ -43,6 +43,7 @@ log = logging.getLogger("detector.worker")
 
 RETRY_MAX_S = 30.0
 COLLECT_POLL_MS = 10  # poll interval while a batch runs and the next one is being collected
+OUTBOX_SWEEP_S = 60.0  # how often the worker forwards tenants' leftover global contributions
 Polled = dict[TopicPartition, list[ConsumerRecord[Any, Any]]]
 
 
@@ -138,6 +139,7 @@ class EventsConsumer:
         await kafka.start()
         await consumer.start()
         log.info("consuming %s", settings.topic(keys.TOPIC_EVENTS))
+        swept_s = 0.0
         # Batches in flight: while Redis works on one, Python prepares the next. A batch goes
         # out when nothing is in flight (the stores are idle: no reason to wait) or when it is
         # full; otherwise it keeps collecting, so that under load batches grow with the time a
@@ -148,6 +150,11 @@ class EventsConsumer:
         polled: Polled = {}
         try:
             while True:
+                if time.monotonic() - swept_s > OUTBOX_SWEEP_S:
+                    # The global contributions a stopped worker left in outboxes of tenants
+                    # that sent nothing since (the others' go with their next batch).
+                    swept_s = time.monotonic()
+                    await _sweep(deps.windows)
                 room = settings.batch_max_events - len(records)
                 if room > 0:
                     # Idle: wait for events; collecting behind a running batch: look briefly.
@@ -210,6 +217,15 @@ class EventsConsumer:
                 await handle_batch([(r.key, r.value)], deps, now_ms())
             except Exception:
                 log.exception("event failed at %s[%s]@%s; skipped", r.topic, r.partition, r.offset)
+
+
+async def _sweep(windows: WindowStore) -> None:
+    try:
+        forwarded = await windows.forward_pending()
+    except RedisError as exc:  # the next sweep, or the tenants' next batches, will do it
+        log.warning("global outbox sweep failed: %r", exc)
+        return
+    log.debug("global outbox sweep: %d records", forwarded)
 
 
 async def _finish(consumer: AIOKafkaConsumer, done: tuple[asyncio.Task[None], Polled]) -> None:

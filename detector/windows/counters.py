@@ -26,7 +26,7 @@ import dataclasses
 import operator
 import struct
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import tzinfo
 from functools import lru_cache
@@ -93,6 +93,8 @@ Slot = tuple[str, str | None]
 SINGLE_SCOPES = frozenset({Scope.global_, Scope.tenant})
 _GLOBAL_GROUP = keys.window_hash_key(keys.GLOBAL_TENANT, Scope.global_.value, "", "")[:-1]
 _GLOBAL_SLOT: Slot = (_GLOBAL_GROUP, None)
+_GLOBAL_TAG = f"{{t:{keys.GLOBAL_TENANT}}}"  # the hash tag of the global slot
+_GLOBAL_KEYS = f"det:win:{_GLOBAL_TAG}:"  # window keys in the global slot
 _PACKED = struct.Struct(f">{WIDTH}q")
 _MINUTE_MS, _HOUR_MS = MINUTE_S * 1000, HOUR_S * 1000
 _SPAN_MS: dict[int | str, int] = {b.size_s: (b.size_s + b.retention_s) * 1000 for b in BUCKET_SIZES}
@@ -119,18 +121,30 @@ local function int(v) return string.format('%d', v) end
 #                "u": [[distinct-count key, ttl s, [member, ...]], ...],
 #                "f": [first-seen key, ...], "fv": first-seen value, "ft": its ttl in s,
 #                "c": [[distinct-count key, ...], ...] counted after the additions,
-#                "r": hold index prefix, or "" when no reservation can be open}
+#                "r": hold index prefix, or "" when no reservation can be open,
+#                "o": global outbox key, "q": its sequence key, "ot": its ttl ms,
+#                "od": sequence number up to which the outbox was forwarded,
+#                "gr": this call's contribution to the global scope (JSON text)}
 # Lifetimes are relative to the caller's clock (wall time in the worker, event time in a
 # backtest), so a replay of old events keeps its buckets as long as the live worker would.
 # ARGV[2]: the deltas, packed one after another in the bucket layout: the bucket keys' first,
 # then the hashes' entities in order.
 # With "r", each counted event releases the budget holds its reservation (same id) made.
 # Returns {event ids seen before (nothing was applied if any), previous first-seen values,
-#          distinct counts}.
+#          distinct counts, the outbox's records not yet forwarded}.
 _APPLY_LUA = (
     _LUA_COMMON
     + """
 local p = cjson.decode(ARGV[1])
+-- The global outbox, less the records already forwarded (their sequence <= od).
+local function outbox()
+  while true do
+    local head = redis.call('LINDEX', p.o, 0)
+    if not head or tonumber(string.match(head, '^(%d+)|')) > p.od then break end
+    redis.call('LPOP', p.o)
+  end
+  return redis.call('LRANGE', p.o, 0, -1)
+end
 local dups = {}
 for _, group in ipairs(p.s) do
   local key = KEYS[1] .. int(group[1])
@@ -143,7 +157,7 @@ for _, group in ipairs(p.s) do
     end
   end
 end
-if #dups > 0 then return {dups, {}, {}} end
+if #dups > 0 then return {dups, {}, {}, outbox()} end
 for _, group in ipairs(p.s) do
   local key = KEYS[1] .. int(group[1])
   local ids = group[2]
@@ -215,7 +229,10 @@ if p.r ~= '' then
     end
   end
 end
-return {dups, first, counts}
+local seq = redis.call('INCR', p.q)
+redis.call('RPUSH', p.o, int(seq) .. '|' .. p.gr)
+redis.call('PEXPIRE', p.o, int(p.ot))
+return {dups, first, counts, outbox()}
 """
 )
 
@@ -256,6 +273,72 @@ end
 return out
 """
 )
+
+
+# The global scope's keys live in their own Redis Cluster slot, so a tenant's call cannot write
+# them. It appends its contribution to the tenant's global outbox instead (in the same atomic
+# write as everything else, numbered by a per-tenant sequence), and this script, in the global
+# slot, adds each contribution whose number is above the last one it added for that tenant:
+# once, whoever forwards it and however often.
+# KEYS[1]: the hash of the last sequence number added per tenant.
+# ARGV[1]: JSON [[tenant, seq, contribution JSON], ...], each tenant's in increasing seq.
+#   contribution: {"k": [[bucket key, ttl ms, [counter, ...]], ...],
+#                  "z": [[rank key, ttl ms, [member, micro-dollars, ...]], ...],
+#                  "u": [[distinct-count key, ttl s, [member, ...]], ...]}
+# ARGV[2]: JSON [[distinct-count key, ...], ...] to count once everything is added.
+# Returns {contributions added, distinct counts}.
+_FORWARD_LUA = (
+    _LUA_COMMON
+    + """
+local added = 0
+local size = WIDTH * 8
+for _, r in ipairs(cjson.decode(ARGV[1])) do
+  local tenant, seq = r[1], r[2]
+  if seq > tonumber(redis.call('HGET', KEYS[1], tenant) or '0') then
+    redis.call('HSET', KEYS[1], tenant, int(seq))
+    local c = cjson.decode(r[3])
+    for _, b in ipairs(c.k) do
+      local values = b[3]
+      local packed = redis.call('GET', b[1])
+      if packed then
+        if #packed < size then packed = packed .. string.rep('\\0', size - #packed) end
+        local now = {struct.unpack(FORMAT, packed)}
+        for f = 1, WIDTH do values[f] = values[f] + now[f] end
+      end
+      redis.call('SET', b[1], struct.pack(FORMAT, unpack(values, 1, WIDTH)), 'PX', int(b[2]))
+    end
+    for _, group in ipairs(c.z) do
+      local key, flat = group[1], group[3]
+      for i = 1, #flat, 2 do redis.call('ZINCRBY', key, int(flat[i + 1]), flat[i]) end
+      redis.call('PEXPIRE', key, int(group[2]))
+    end
+    for _, group in ipairs(c.u) do
+      local key, members = group[1], group[3]
+      for i = 1, #members, CHUNK do
+        redis.call('PFADD', key, unpack(members, i, math.min(i + CHUNK - 1, #members)))
+      end
+      redis.call('EXPIRE', key, int(group[2]))
+    end
+    added = added + 1
+  end
+end
+local counts = {}
+for i, names in ipairs(cjson.decode(ARGV[2])) do
+  counts[i] = redis.call('PFCOUNT', unpack(names))
+end
+return {added, counts}
+"""
+)
+
+# KEYS[1]: a tenant's global outbox; ARGV[1]: the sequence number forwarded up to.
+_TRIM_OUTBOX_LUA = """
+while true do
+  local head = redis.call('LINDEX', KEYS[1], 0)
+  if not head or tonumber(string.match(head, '^(%d+)|')) > tonumber(ARGV[1]) then break end
+  redis.call('LPOP', KEYS[1])
+end
+return redis.call('LLEN', KEYS[1])
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -355,6 +438,10 @@ class WindowStore:
         )
         self._apply = redis.register_script(_APPLY_LUA)
         self._sum = redis.register_script(_SUM_LUA)
+        self._forward_script = redis.register_script(_FORWARD_LUA)
+        self._trim = redis.register_script(_TRIM_OUTBOX_LUA)
+        # tenant -> the sequence number its global outbox is known forwarded up to
+        self._forwarded: dict[str, int] = {}
 
     async def apply_batch(
         self,
@@ -392,6 +479,8 @@ class WindowStore:
             for tenant, items in by_tenant.items()
             for chunk in _chunks(list(items.values()), MAX_EVENTS_PER_CALL)
         ]
+        outboxes: dict[str, list[bytes]] = {}  # tenant -> its global outbox after its last call
+        done: list[tuple[str, _Asked, list[int]]] = []  # (tenant, asked, user counts)
         while todo:
             pipe = self._redis.pipeline(transaction=False)
             asked: list[_Asked] = []
@@ -403,14 +492,15 @@ class WindowStore:
                 await self._apply(keys=[dedup_prefix(tenant)], args=[payload, deltas], client=pipe)
             replies = await pipe.execute()
             retry: list[tuple[str, list[PricedEvent]]] = []
-            for (tenant, items), (dups, previous, counts), ask in zip(
+            for (tenant, items), (dups, previous, counts, outbox), ask in zip(
                 todo, replies, asked, strict=True
             ):
+                outboxes[tenant] = outbox
                 if not dups:
                     applied.extend(items)
                     for target, before in zip(ask.firsts, previous, strict=True):
                         first_seen.setdefault(target, int(before) if before else ask.first_value)
-                    key_reach.update(ask.reach(tenant, counts))
+                    done.append((tenant, ask, counts))
                     continue
                 seen = {r.decode() if isinstance(r, bytes) else str(r) for r in dups}
                 duplicates.extend(it for it in items if it.event.event_id in seen)
@@ -418,7 +508,54 @@ class WindowStore:
                 if rest:
                     retry.append((tenant, rest))
             todo = retry
+        # The global scope's share, from every tenant's outbox (older records left by a worker
+        # that stopped before forwarding them included), and the API keys' tenant counts.
+        tenant_asks = [names for _, ask, _ in done for names in ask.tenant_counts]
+        tenant_counts = iter(await self._forward(outboxes, tenant_asks))
+        for tenant, ask, counts in done:
+            key_reach.update(ask.reach(tenant, counts, tenant_counts))
         return ApplyResult(applied, duplicates, touched_entities(applied), first_seen, key_reach)
+
+    async def _forward(
+        self, outboxes: dict[str, list[bytes]], count_asks: list[list[str]]
+    ) -> list[int]:
+        """Add the outboxes' records to the global scope (each once), then count count_asks."""
+        records: list[list[object]] = []
+        newest: dict[str, int] = {}
+        for tenant, outbox in outboxes.items():
+            for raw in outbox:
+                seq_text, _, contribution = raw.partition(b"|")
+                seq = int(seq_text)
+                records.append([tenant, seq, contribution.decode()])
+                newest[tenant] = max(newest.get(tenant, 0), seq)
+        if not records and not count_asks:
+            return []
+        added, counts = await self._forward_script(
+            keys=[keys.global_forwarded_key()],
+            args=[orjson.dumps(records), orjson.dumps(count_asks)],
+        )
+        self._forwarded.update(newest)
+        return [int(c) for c in counts]
+
+    async def forward_pending(self) -> int:
+        """Forward every tenant's global outbox (records a stopped worker left behind, for
+        tenants that sent nothing since), then trim them. Returns the records seen."""
+        seen = 0
+        async for key in self._redis.scan_iter(match=keys.global_outbox_key("*"), count=1000):
+            name = key.decode() if isinstance(key, bytes) else str(key)
+            if name.endswith(":seq"):
+                continue
+            tenant = name[name.index("{t:") + 3 : name.rindex("}")]
+            outbox = [
+                v if isinstance(v, bytes) else v.encode()
+                for v in await self._redis.lrange(name, 0, -1)
+            ]
+            if not outbox:
+                continue
+            seen += len(outbox)
+            await self._forward({tenant: outbox}, [])
+            await self._trim(keys=[name], args=[self._forwarded[tenant]])
+        return seen
 
     def _payload(
         self,
@@ -480,7 +617,7 @@ class WindowStore:
                         fields = groups[group] = {}
                     total = fields.get(entity)
                     fields[entity] = vector if total is None else _add(total, vector)
-        own_keys, hashes = [], []
+        own_keys, hashes, global_keys = [], [], []
         key_deltas, hash_deltas = bytearray(), bytearray()
         pack = _PACKED.pack
         for (size, start_ms), groups in buckets.items():
@@ -489,6 +626,9 @@ class WindowStore:
             for group, fields in groups.items():
                 only = fields.get(None)
                 if only is not None:  # tenant or global scope: one entity, a key of its own
+                    if group.startswith(_GLOBAL_KEYS):  # another slot: through the outbox
+                        global_keys.append([group + suffix, ttl_ms, only])
+                        continue
                     own_keys.append([group + suffix, ttl_ms])
                     key_deltas += pack(*only)
                     continue
@@ -497,22 +637,33 @@ class WindowStore:
                     hash_deltas += pack(*vector)
         first_value = min(newest_ms, now_ms)
         firsts = _first_seen_targets(items, reach) if reach is not None else []
-        api_keys, counts = _reach_counts(items, reach, first_value)
+        api_keys, user_counts, tenant_counts = _reach_counts(items, reach, first_value)
+        ranks, global_ranks = _by_slot(rollups.ranks())
+        distinct, global_distinct = _by_slot(
+            _distinct_counts(items, reach) if reach is not None else []
+        )
+        contribution = {"k": global_keys, "z": global_ranks, "u": global_distinct}
+        tenant = items[0].event.tenant_id
         payload = {
             "x": self._dedup_horizon_ms,
             "s": [[hour, ids] for hour, ids in by_hour.items()],
             "k": own_keys,
             "g": hashes,
-            "z": rollups.ranks(),
+            "z": ranks,
             "h": rollups.quality(),
-            "u": _distinct_counts(items, reach) if reach is not None else [],
+            "u": distinct,
             "f": [keys.first_seen_key(*target) for target in firsts],
             "fv": first_value,
             "ft": MAX_RETENTION_S,
-            "c": counts,
+            "c": user_counts,
             "r": holds,
+            "o": keys.global_outbox_key(tenant),
+            "q": keys.global_outbox_seq_key(tenant),
+            "ot": self._dedup_horizon_ms,
+            "od": self._forwarded.get(tenant, 0),
+            "gr": orjson.dumps(contribution).decode(),
         }
-        asked = _Asked(firsts, first_value, api_keys, reach)
+        asked = _Asked(firsts, first_value, api_keys, reach, tenant_counts)
         return orjson.dumps(payload), bytes(key_deltas + hash_deltas), asked
 
     async def read_windows(
@@ -565,39 +716,53 @@ class _Asked:
     first_value: int  # what a new entity's first-seen time is recorded as
     api_keys: list[str]
     needs: ReachNeeds | None
+    tenant_counts: list[list[str]]  # distinct-tenant keys to count, in the global slot
 
-    def reach(self, tenant: str, counts: Sequence[int]) -> dict[tuple[str, str], tuple[int, int]]:
+    def reach(
+        self, tenant: str, user_counts: Sequence[int], tenant_counts: Iterator[int]
+    ) -> dict[tuple[str, str], tuple[int, int]]:
+        """(tenant, API key) -> (distinct users, distinct tenants); takes this call's share of
+        the tenant counts from the iterator."""
         if self.needs is None or not self.api_keys:
             return {}
-        step = int(self.needs.key_users) + int(self.needs.key_tenants)
         out = {}
         for n, key in enumerate(self.api_keys):
-            got = list(counts[n * step : (n + 1) * step])
-            users = int(got.pop(0)) if self.needs.key_users else 0
-            tenants = int(got.pop(0)) if self.needs.key_tenants else 0
+            users = int(user_counts[n]) if self.needs.key_users else 0
+            tenants = int(next(tenant_counts)) if self.needs.key_tenants else 0
             out[(tenant, key)] = (users, tenants)
         return out
 
 
 def _reach_counts(
     items: Sequence[PricedEvent], reach: ReachNeeds | None, at_ms: int
-) -> tuple[list[str], list[list[str]]]:
+) -> tuple[list[str], list[list[str]], list[list[str]]]:
     """The tenant's API keys whose reach the rules read, and for each the distinct-count keys
-    (users, then tenants, as needed) to count over the hours covering key_window_s."""
+    to count over the hours covering key_window_s: its users (in the tenant's slot), the
+    tenants it was used from (in the global slot), as the rules need them."""
     if reach is None or not (reach.key_users or reach.key_tenants):
-        return [], []
+        return [], [], []
     api_keys = sorted({it.event.api_key_id for it in items if it.event.api_key_id is not None})
     hours = max(1, -(-reach.key_window_s // HOUR_S))
     last = at_ms - at_ms % _HOUR_MS
     starts = [last - i * _HOUR_MS for i in range(hours)]
     tenant = items[0].event.tenant_id if items else ""
-    counts = []
+    users: list[list[str]] = []
+    tenants: list[list[str]] = []
     for key in api_keys:
         if reach.key_users:
-            counts.append([keys.key_users_key(tenant, key, h) for h in starts])
+            users.append([keys.key_users_key(tenant, key, h) for h in starts])
         if reach.key_tenants:
-            counts.append([keys.key_tenants_key(key, h) for h in starts])
-    return api_keys, counts
+            tenants.append([keys.key_tenants_key(key, h) for h in starts])
+    return api_keys, users, tenants
+
+
+def _by_slot(groups: list[list[object]]) -> tuple[list[list[object]], list[list[object]]]:
+    """Groups whose key is in the tenant's slot, and those in the global slot."""
+    own: list[list[object]] = []
+    elsewhere: list[list[object]] = []
+    for group in groups:
+        (elsewhere if _GLOBAL_TAG in str(group[0]) else own).append(group)
+    return own, elsewhere
 
 
 def _first_seen_targets(

@@ -151,3 +151,65 @@ async def test_a_tenant_over_several_calls_counts_each_event_once(redis: Redis) 
     assert round(tenant["cost_usd"] * 1_000_000) == expected_micros
     assert tenant["requests"] == n
     assert user["requests"] == len(range(7, n, 700))
+
+
+class _StopsBeforeForwarding(WindowStore):
+    """A worker that dies right after the tenants' calls, before the global scope gets its share."""
+
+    async def _forward(
+        self, outboxes: dict[str, list[bytes]], count_asks: list[list[str]]
+    ) -> list[int]:
+        raise ConnectionError("killed before forwarding")
+
+
+async def test_global_share_forwarded_exactly_once_after_a_stop(redis: Redis) -> None:
+    # The global scope lives in its own Redis Cluster slot, so each tenant's call leaves its
+    # share in the tenant's outbox and a second call adds it: a worker that stops in between
+    # leaves it there, and whoever forwards it later (a sweep, the tenant's next batch, twice
+    # over) adds it once.
+    table = PriceTable.load()
+    now_ms = time.time_ns() // 1_000_000
+    first = [
+        priced(table, tenant_id=f"t{i % 3}", event_id=f"a{i}", ts_ms=now_ms, cost_usd=0.25)
+        for i in range(9)
+    ]
+    try:
+        await _StopsBeforeForwarding(redis, dedup_horizon_s=3600).apply_batch(first, now_ms)
+    except ConnectionError:
+        pass
+    store = WindowStore(redis, dedup_horizon_s=3600)
+    read = [("_global", Scope.global_, "all", "1h"), ("t0", Scope.tenant, "t0", "1h")]
+    glob, tenant = await store.read_windows(read, now_ms)
+    assert glob["cost_usd"] == 0.0  # not forwarded yet
+    assert tenant["cost_usd"] == 0.75  # the tenant's own windows are counted
+
+    # The redelivered batch is all duplicates, yet its tenants' leftovers go out with it.
+    again = await store.apply_batch(first, now_ms)
+    assert again.applied == [] and len(again.duplicates) == 9
+    [glob, _] = await store.read_windows(read, now_ms)
+    assert glob["cost_usd"] == 2.25
+
+    # Forwarding again (a sweep by another worker) adds nothing more.
+    await WindowStore(redis, dedup_horizon_s=3600).forward_pending()
+    await store.forward_pending()
+    more = [priced(table, tenant_id="t1", event_id="b1", ts_ms=now_ms, cost_usd=1.0)]
+    await store.apply_batch(more, now_ms)
+    [glob, _] = await store.read_windows(read, now_ms)
+    assert glob["cost_usd"] == 3.25
+    assert glob["requests"] == 10
+
+
+async def test_sweep_forwards_the_outbox_of_a_tenant_that_went_quiet(redis: Redis) -> None:
+    table = PriceTable.load()
+    now_ms = time.time_ns() // 1_000_000
+    batch = [priced(table, tenant_id="quiet", event_id="q1", ts_ms=now_ms, cost_usd=0.5)]
+    try:
+        await _StopsBeforeForwarding(redis, dedup_horizon_s=3600).apply_batch(batch, now_ms)
+    except ConnectionError:
+        pass
+    store = WindowStore(redis, dedup_horizon_s=3600)
+    assert await store.forward_pending() == 1
+    [glob] = await store.read_windows([("_global", Scope.global_, "all", "5m")], now_ms)
+    assert glob["cost_usd"] == 0.5
+    assert await redis.llen("det:gout:{t:quiet}") == 0  # trimmed once forwarded
+    assert await store.forward_pending() == 0
