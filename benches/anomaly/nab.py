@@ -104,7 +104,7 @@ def run_detector(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nab", type=Path, default=DEFAULT_NAB)
-    parser.add_argument("--detectors", default="combined,robust,seasonal,level")
+    parser.add_argument("--detectors", default="record,combined,robust,seasonal,level")
     parser.add_argument("--sensitivity", type=float, default=0.5)
     parser.add_argument("--skip-validation", action="store_true")
     args = parser.parse_args(argv)
