@@ -20,18 +20,21 @@ anomaly_app = typer.Typer(no_args_is_help=True, help="Run the anomaly models ove
 def score(
     series: Annotated[Path, typer.Argument(help="CSV with a 'timestamp,value' header (NAB's).")],
     detector: Annotated[
-        str, typer.Option("--detector", help="default, combined, robust, seasonal or level.")
+        str,
+        typer.Option(
+            "--detector", help="default (record), record, combined, robust, seasonal or level."
+        ),
     ] = "default",
     sensitivity: Annotated[
         float, typer.Option("--sensitivity", help="0 to 1; higher = narrower band, more alerts.")
     ] = 0.5,
 ) -> None:
     """Print timestamp,value,anomaly_score per row (NAB's result format), learning as it goes."""
-    from detector.anomaly.detectors import UNIVARIATE
+    from detector.anomaly.detectors import SERIES_ONLY, UNIVARIATE
     from detector.anomaly.series import read_series, run_series
 
-    if detector != "default" and detector not in UNIVARIATE:
-        allowed = ", ".join(("default", *UNIVARIATE))
+    if detector != "default" and detector not in (*UNIVARIATE, *SERIES_ONLY):
+        allowed = ", ".join(("default", *UNIVARIATE, *SERIES_ONLY))
         raise DetectorError(f"--detector: unknown detector {detector!r}; allowed: {allowed}")
     if not 0.0 <= sensitivity <= 1.0:
         raise DetectorError(f"--sensitivity: must be within [0, 1], got {sensitivity!r}")

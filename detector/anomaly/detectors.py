@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Protocol
 
 from detector.anomaly.multivariate import HSTDetector
+from detector.anomaly.records import RecordModel
 from detector.anomaly.univariate import (
     CombinedModel,
     LevelModel,
@@ -22,8 +23,10 @@ from detector.anomaly.univariate import (
 )
 
 __all__ = [
+    "DEFAULT_SERIES",
     "DEFAULT_UNIVARIATE",
     "MULTIVARIATE",
+    "SERIES_ONLY",
     "UNIVARIATE",
     "MultivariateDetector",
     "UnivariateDetector",
@@ -49,8 +52,13 @@ class MultivariateDetector(Protocol):
 
 UNIVARIATE: tuple[str, ...] = ("combined", "robust", "seasonal", "level")
 MULTIVARIATE: tuple[str, ...] = ("hst",)
-# Chosen by the NAB evaluation in benches/anomaly/nab.py (see benches/anomaly/README.md).
+# Scores a file in `detector anomaly score` but not the worker's intervals: its score says "new
+# record" for rows inside the band (see records.py), and the worker alerts on the band.
+SERIES_ONLY: tuple[str, ...] = ("record",)
+# The best of the worker's detectors on NAB (benches/anomaly/nab.py, benches/anomaly/README.md).
 DEFAULT_UNIVARIATE = "combined"
+# What `detector anomaly score` runs by default: the best on NAB of all of them.
+DEFAULT_SERIES = "record"
 
 
 def _check(interval_s: int, warmup: int | None, sensitivity: float) -> None:
@@ -73,13 +81,15 @@ def make_univariate(
     chosen = DEFAULT_UNIVARIATE if name == "default" else name
     if chosen == "combined":
         return CombinedModel(sensitivity=sensitivity, interval_s=interval_s, warmup=warmup)
+    if chosen == "record":
+        return RecordModel(sensitivity=sensitivity, interval_s=interval_s, warmup=warmup)
     if chosen == "level":
         return LevelModel(sensitivity=sensitivity, interval_s=interval_s, warmup=warmup)
     if chosen == "robust":
         return RobustModel(sensitivity=sensitivity, interval_s=interval_s, warmup=warmup)
     if chosen == "seasonal":
         return SeasonalModel(sensitivity=sensitivity, interval_s=interval_s, warmup=warmup)
-    allowed = ", ".join(("default", *UNIVARIATE))
+    allowed = ", ".join(("default", *UNIVARIATE, *SERIES_ONLY))
     raise ValueError(f"unknown univariate detector {name!r}; allowed: {allowed}")
 
 

@@ -9,7 +9,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from detector.anomaly.detectors import UnivariateDetector, Verdict, make_univariate
+from detector.anomaly.detectors import (
+    DEFAULT_SERIES,
+    UnivariateDetector,
+    Verdict,
+    make_univariate,
+)
 from detector.errors import DetectorError
 
 
@@ -93,8 +98,10 @@ def run_series(
 ) -> Iterator[Verdict]:
     """Score each row before learning it, the way the worker sees a live stream.
 
-    The model is built at once, so a bad name or sensitivity raises here, not on iteration.
+    "default" is DEFAULT_SERIES (the worker's "default" is DEFAULT_UNIVARIATE). The model is
+    built at once, so a bad name or sensitivity raises here, not on iteration.
     """
+    name = DEFAULT_SERIES if name == "default" else name
     model = make_univariate(name, sensitivity=sensitivity, interval_s=infer_interval_s(series.ts_s))
     return _run(model, series)
 

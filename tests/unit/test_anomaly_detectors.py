@@ -9,6 +9,7 @@ import pytest
 from detector.anomaly.detectors import (
     DEFAULT_UNIVARIATE,
     MULTIVARIATE,
+    SERIES_ONLY,
     UNIVARIATE,
     UnivariateDetector,
     Verdict,
@@ -124,7 +125,8 @@ def test_unknown_names_are_refused_with_the_allowed_ones() -> None:
     with pytest.raises(ValueError) as exc:
         make_univariate("prophet")
     assert str(exc.value) == (
-        "unknown univariate detector 'prophet'; allowed: default, " + ", ".join(UNIVARIATE)
+        "unknown univariate detector 'prophet'; allowed: default, "
+        + ", ".join((*UNIVARIATE, *SERIES_ONLY))
     )
     with pytest.raises(ValueError) as exc:
         make_multivariate("lof")
