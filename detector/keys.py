@@ -102,6 +102,12 @@ def global_forwarded_key() -> str:
     return f"det:gseq:{_tag(GLOBAL_TENANT)}"
 
 
+def global_tenants_key() -> str:
+    """Set, in the global slot, of the tenants whose global outboxes have been forwarded (the
+    worker's periodic sweep reads their outboxes without scanning the keyspace)."""
+    return f"det:gtenants:{_tag(GLOBAL_TENANT)}"
+
+
 def hold_index_key(tenant: str, request_id: str) -> str:
     """The hold keys one reservation wrote, so its cost event can release them."""
     return f"det:holdidx:{_tag(tenant)}:{request_id}"

@@ -152,9 +152,10 @@ class EventsConsumer:
             while True:
                 if time.monotonic() - swept_s > OUTBOX_SWEEP_S:
                     # The global contributions a stopped worker left in outboxes of tenants
-                    # that sent nothing since (the others' go with their next batch).
+                    # that sent nothing since (the others' go with their next batch); the
+                    # first sweep scans the keyspace, the next ones read the tenants' set.
+                    await _sweep(deps.windows, full_scan=swept_s == 0.0)
                     swept_s = time.monotonic()
-                    await _sweep(deps.windows)
                 room = settings.batch_max_events - len(records)
                 if room > 0:
                     # Idle: wait for events; collecting behind a running batch: look briefly.
@@ -219,9 +220,9 @@ class EventsConsumer:
                 log.exception("event failed at %s[%s]@%s; skipped", r.topic, r.partition, r.offset)
 
 
-async def _sweep(windows: WindowStore) -> None:
+async def _sweep(windows: WindowStore, full_scan: bool) -> None:
     try:
-        forwarded = await windows.forward_pending()
+        forwarded = await windows.forward_pending(full_scan)
     except RedisError as exc:  # the next sweep, or the tenants' next batches, will do it
         log.warning("global outbox sweep failed: %r", exc)
         return

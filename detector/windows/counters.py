@@ -280,7 +280,8 @@ return out
 # write as everything else, numbered by a per-tenant sequence), and this script, in the global
 # slot, adds each contribution whose number is above the last one it added for that tenant:
 # once, whoever forwards it and however often.
-# KEYS[1]: the hash of the last sequence number added per tenant.
+# KEYS[1]: the hash of the last sequence number added per tenant; KEYS[2]: the set of tenants
+# forwarded from (for the worker's sweep).
 # ARGV[1]: JSON [[tenant, seq, contribution JSON], ...], each tenant's in increasing seq.
 #   contribution: {"k": [[bucket key, ttl ms, [counter, ...]], ...],
 #                  "z": [[rank key, ttl ms, [member, micro-dollars, ...]], ...],
@@ -294,6 +295,7 @@ local added = 0
 local size = WIDTH * 8
 for _, r in ipairs(cjson.decode(ARGV[1])) do
   local tenant, seq = r[1], r[2]
+  redis.call('SADD', KEYS[2], tenant)
   if seq > tonumber(redis.call('HGET', KEYS[1], tenant) or '0') then
     redis.call('HSET', KEYS[1], tenant, int(seq))
     local c = cjson.decode(r[3])
@@ -531,30 +533,52 @@ class WindowStore:
         if not records and not count_asks:
             return []
         added, counts = await self._forward_script(
-            keys=[keys.global_forwarded_key()],
+            keys=[keys.global_forwarded_key(), keys.global_tenants_key()],
             args=[orjson.dumps(records), orjson.dumps(count_asks)],
         )
         self._forwarded.update(newest)
         return [int(c) for c in counts]
 
-    async def forward_pending(self) -> int:
-        """Forward every tenant's global outbox (records a stopped worker left behind, for
-        tenants that sent nothing since), then trim them. Returns the records seen."""
+    async def forward_pending(self, full_scan: bool = False) -> int:
+        """Forward the tenants' global outboxes (records a stopped worker left behind, for
+        tenants that sent nothing since), then trim them; returns the records seen.
+
+        By default only the tenants forwarded from before are looked at (one set, no scan);
+        `full_scan` also finds a tenant whose very first share was never forwarded, by scanning
+        the keyspace (the worker does that once, at start).
+        """
+        if full_scan:
+            tenants = []
+            async for key in self._redis.scan_iter(match=keys.global_outbox_key("*"), count=1000):
+                name = key.decode() if isinstance(key, bytes) else str(key)
+                if not name.endswith(":seq"):
+                    tenants.append(name[name.index("{t:") + 3 : name.rindex("}")])
+        else:
+            members = await self._redis.smembers(keys.global_tenants_key())
+            tenants = sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
         seen = 0
-        async for key in self._redis.scan_iter(match=keys.global_outbox_key("*"), count=1000):
-            name = key.decode() if isinstance(key, bytes) else str(key)
-            if name.endswith(":seq"):
+        for i in range(0, len(tenants), 500):
+            chunk = tenants[i : i + 500]
+            pipe = self._redis.pipeline(transaction=False)
+            for tenant in chunk:
+                pipe.lrange(keys.global_outbox_key(tenant), 0, -1)
+            outboxes = {
+                tenant: [v if isinstance(v, bytes) else str(v).encode() for v in found]
+                for tenant, found in zip(chunk, await pipe.execute(), strict=True)
+                if found
+            }
+            if not outboxes:
                 continue
-            tenant = name[name.index("{t:") + 3 : name.rindex("}")]
-            outbox = [
-                v if isinstance(v, bytes) else v.encode()
-                for v in await self._redis.lrange(name, 0, -1)
-            ]
-            if not outbox:
-                continue
-            seen += len(outbox)
-            await self._forward({tenant: outbox}, [])
-            await self._trim(keys=[name], args=[self._forwarded[tenant]])
+            seen += sum(len(found) for found in outboxes.values())
+            await self._forward(outboxes, [])
+            pipe = self._redis.pipeline(transaction=False)
+            for tenant in outboxes:
+                await self._trim(
+                    keys=[keys.global_outbox_key(tenant)],
+                    args=[self._forwarded[tenant]],
+                    client=pipe,
+                )
+            await pipe.execute()
         return seen
 
     def _payload(
