@@ -34,6 +34,7 @@ from detector.pipeline import Deps, handle_batch
 from detector.pricing import PriceTable
 from detector.reports.digest import DigestSender
 from detector.rules.holder import RulesHolder
+from detector.runtime import tune_gc
 from detector.sinks.kafka import KafkaSink
 from detector.sinks.outbox import AlertsConsumer
 from detector.sinks.slack import SlackClient, slack_configured
@@ -110,6 +111,7 @@ class EventsConsumer:
 
     async def run(self) -> None:
         settings = self.settings
+        tune_gc()
         redis = Redis.from_url(settings.redis_url)
         kafka = KafkaSink(settings)
         consumer = AIOKafkaConsumer(

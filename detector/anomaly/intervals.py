@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from detector.schemas import Scope, UsageEvent
 
@@ -40,8 +41,10 @@ class OpenInterval:
     parts: dict[SubKey, int] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
-class ClosedInterval:
+class ClosedInterval(NamedTuple):
+    """Spend of one entity within one interval that has ended (a named tuple: one is made per
+    entity and interval, and a tuple is built several times faster than a frozen dataclass)."""
+
     entity: EntityKey
     start_ms: int
     cost_usd_micros: int
@@ -194,5 +197,10 @@ def group_by_entity(closed: Iterable[ClosedInterval]) -> dict[EntityKey, list[Cl
     for item in closed:
         out[item.entity].append(item)
     for items in out.values():
-        items.sort(key=lambda c: c.start_ms)
+        if len(items) > 1:
+            items.sort(key=_start)
     return dict(out)
+
+
+def _start(interval: ClosedInterval) -> int:
+    return interval.start_ms

@@ -15,6 +15,7 @@ from detector.api import admin, reports, reserve, routes
 from detector.api.openapi import OPENAPI
 from detector.api.state import ApiState, Forbidden
 from detector.config import Settings
+from detector.runtime import tune_gc
 
 log = logging.getLogger("detector.api")
 
@@ -112,6 +113,7 @@ def create_app(settings: Settings, redis: Redis | None = None) -> web.Applicatio
 def run_api(settings: Settings) -> None:
     """Serve until interrupted."""
     app = create_app(settings)
+    tune_gc()
     log.info("lookup API on http://%s:%d", settings.api_host, settings.api_port)
     web.run_app(
         app,
