@@ -81,7 +81,7 @@ BATCH_EVENTS = int(__import__("os").environ.get("BENCH_BATCH", "2000"))
 SAMPLE_KEYS = 200  # MEMORY USAGE calls per key kind
 # Dedup sets and bucket hashes (one per tenant, scope and bucket) are few and their sizes follow
 # the tenants' heavy tail, so a sample would be noisy: every one of them is measured.
-MEASURE_ALL_KINDS = frozenset({"seen", *(scope.value for scope in Scope)})
+MEASURE_ALL_KINDS = frozenset({"seen", "window", *(scope.value for scope in Scope)})
 COMMANDS = (
     "evalsha", "get", "set", "mget", "hget", "hmget", "hset", "zincrby", "pfadd", "sadd",
     "smismember", "pexpire",
@@ -89,6 +89,7 @@ COMMANDS = (
 MB = 1024 * 1024
 GOAL_RATIO, GOAL_EPS = 0.15, 40_000  # the issue's target for the worker against the bare consumer
 _WIN_KEY = re.compile(rb"^det:win:\{t:[^}]*\}:([a-z_]+):(\d+)z?:\d+$")  # scope, bucket size
+_TENANT_BUCKET = re.compile(rb"^det:win:\{t:[^}]*\}:(\d+)z?:\d+$")  # bucket size
 
 
 @dataclass
@@ -250,6 +251,9 @@ def key_kind(key: bytes) -> tuple[str, int]:
     """(kind, bucket size in s) of one of our keys; size 0 for keys that are not buckets."""
     if key.startswith(b"det:seen:"):
         return "seen", 0
+    found = _TENANT_BUCKET.match(key)
+    if found:  # a tenant's bucket hash: every scope's entities
+        return "window", int(found.group(1))
     found = _WIN_KEY.match(key)
     if found:
         return found.group(1).decode(), int(found.group(2))

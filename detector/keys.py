@@ -21,13 +21,24 @@ def _tag(tenant: str) -> str:
 def window_hash_key(
     tenant: str, scope: str, bucket_s: int | str, bucket_start_ms: int | str
 ) -> str:
-    """Hash of one time bucket of every entity of a scope (or of a rule's filtered series) in a
-    tenant: field = entity id, value = its packed counters.
+    """Key of one time bucket of the global scope (or of a global rule's filtered series):
+    its packed counters.
 
-    >>> window_hash_key("acme", "user", 60, 120000)
-    'det:win:{t:acme}:user:60:120000'
+    >>> window_hash_key("_global", "global", 60, 120000)
+    'det:win:{t:_global}:global:60:120000'
     """
     return f"det:win:{_tag(tenant)}:{scope}:{bucket_s}:{bucket_start_ms}"
+
+
+def window_bucket_key(tenant: str, bucket_s: int | str, bucket_start_ms: int | str) -> str:
+    """Hash of one time bucket of everything counted in a tenant: field = `<scope>|<entity>`
+    (`tenant` for the tenant itself, `<series>[|<entity>]` for a rule's filtered series),
+    value = its packed counters.
+
+    >>> window_bucket_key("acme", 60, 120000)
+    'det:win:{t:acme}:60:120000'
+    """
+    return f"det:win:{_tag(tenant)}:{bucket_s}:{bucket_start_ms}"
 
 
 def rank_key(tenant: str, scope: str, day_start_ms: int) -> str:

@@ -21,13 +21,13 @@ from detector import keys
 from detector.rules.schema import BudgetRule, RuleSet
 from detector.schemas import Scope
 from detector.windows.buckets import window_buckets
-from detector.windows.counters import SINGLE_SCOPES, bucket_group
+from detector.windows.counters import window_slot
 
 # KEYS[1]: the tenant's hold index for this request (declares the slot).
 # ARGV[1]: JSON {"id": request id, "amount": micros, "now": ms, "ttl": ms, "peek": bool,
-#                "budgets": [[hold key, limit micros, [day bucket keys...], entity], ...]}
-# The entity is the field of the bucket hashes; without one (tenant and global scopes) each
-# bucket is a key of its own.
+#                "budgets": [[hold key, limit micros, [day bucket keys...], field], ...]}
+# The field names the entity in the tenant's bucket hashes; without one (the global scope)
+# each bucket is a key of its own.
 # With peek, nothing is held: the call only says what remains.
 # Returns {granted (1/0), remaining micros per budget after the hold (or before, if refused)}.
 _RESERVE_LUA = """
@@ -138,13 +138,13 @@ class ReservationStore:
         asks = []
         for budget, entity in budgets:
             size_s, starts = window_buckets(budget.window, now_ms, zone)
-            group = bucket_group(tenant, budget.scope)
+            group, field = window_slot(tenant, budget.scope, entity)
             limit = round(budget.amount_for(entity) * 1_000_000)
             hold_key = keys.hold_key(tenant, budget.id, budget.scope, entity)
             buckets = [f"{group}{size_s}:{start}" for start in starts]
             ask: list[object] = [hold_key, limit, buckets]
-            if budget.scope not in SINGLE_SCOPES:
-                ask.append(entity)
+            if field is not None:
+                ask.append(field)
             asks.append(ask)
         payload = {
             "id": request_id,

@@ -1,16 +1,17 @@
 """Redis sliding sums: apply a batch of priced events exactly once, read windows back.
 
 A bucket holds an entity's counters packed as big-endian signed 64-bit integers (one per
-metric, in METRICS order). In the scopes with many entities per tenant (user, feature, model,
-api_key, session), one time bucket of one scope in one tenant (say, the users of tenant acme in
-the minute that starts at 12:03) is one Redis hash: field = entity id, value = its counters. The
-Lua script reads all of a batch's fields of one hash with one HMGET, adds the batch's vectors
-and writes them back with one HSET, and the hash expires as a whole when the bucket's retention
-ends: measured, 3.4 -> 1.9 us of Redis time per bucket written and 200 -> 140 bytes per bucket
-stored, against a key per entity and bucket. The tenant and global scopes have one entity, so
-their buckets are plain keys (a GET and a SET PX to write, one MGET to read a window). Lua
-numbers are doubles, so each counter is exact up to 2**53: 9 billion dollars in micro-dollars,
-per bucket.
+metric, in METRICS order). One time bucket of a tenant (say, the minute of tenant acme that
+starts at 12:03) is one Redis hash holding every entity counted in it: field `tenant` for the
+tenant itself, `user|u1`, `model|gpt-4o`, ... for the entities of the nested scopes, and
+`<series>` or `<series>|<entity>` for rules' filtered series; value = its counters. The Lua
+script reads all of a batch's fields of one hash with one HMGET, adds the batch's vectors and
+writes them back with one HSET, and the hash expires as a whole when the bucket's retention
+ends, so a tenant's call costs three commands per bucket whatever the number of scopes
+(measured: a hash per scope and bucket, with keys for the tenant's own buckets, cost about
+twice the Redis time). The global scope lives in its own slot (see the outboxes below); its
+buckets are plain keys. Lua numbers are doubles, so each counter is exact up to 2**53: 9
+billion dollars in micro-dollars, per bucket.
 
 A batch is pre-aggregated in memory (one vector per entity and bucket), then each tenant's part
 goes to Redis as one Lua call carrying a JSON payload: it first checks every event id against
@@ -85,16 +86,17 @@ NESTED_FIELDS: tuple[tuple[Scope, str], ...] = (
     (Scope.api_key, "api_key_id"),
     (Scope.session, "session_id"),
 )
-# Where an entity's buckets live: (bucket group, entity id). The group is the key prefix of
-# its scope's (or a rule series') buckets in the owning tenant; the bucket's size and start
-# follow it in the key. In the scopes with one entity per tenant (SINGLE_SCOPES) a bucket is a
-# key of its own and the entity is None; in the others it is a hash and the entity its field.
+# Where an entity's buckets live: (bucket group, field). The group is the key prefix of the
+# buckets, whose size and start follow it in the key. Inside a tenant every bucket is a hash
+# shared by all its entities and the field names the entity (see window_slot); in the global
+# slot (the global scope, global rules' filtered series) a bucket is a key of its own and the
+# field is None.
 Slot = tuple[str, str | None]
 SINGLE_SCOPES = frozenset({Scope.global_, Scope.tenant})
 _GLOBAL_GROUP = keys.window_hash_key(keys.GLOBAL_TENANT, Scope.global_.value, "", "")[:-1]
+TENANT_FIELD = "tenant"  # the tenant's own counters in its bucket hashes
 _GLOBAL_SLOT: Slot = (_GLOBAL_GROUP, None)
 _GLOBAL_TAG = f"{{t:{keys.GLOBAL_TENANT}}}"  # the hash tag of the global slot
-_GLOBAL_KEYS = f"det:win:{_GLOBAL_TAG}:"  # window keys in the global slot
 _PACKED = struct.Struct(f">{WIDTH}q")
 _MINUTE_MS, _HOUR_MS = MINUTE_S * 1000, HOUR_S * 1000
 _SPAN_MS: dict[int | str, int] = {b.size_s: (b.size_s + b.retention_s) * 1000 for b in BUCKET_SIZES}
@@ -114,8 +116,7 @@ local function int(v) return string.format('%d', v) end
 
 # KEYS[1]: the tenant's dedup prefix (declares the tenant's cluster slot).
 # ARGV[1]: JSON {"x": dedup horizon ms, "s": [[hour ms, [ids...]], ...],
-#                "k": [[bucket key, time to live in ms], ...],
-#                "g": [[bucket hash key, time to live in ms, [entity, ...]], ...],
+#                "g": [[bucket hash key, time to live in ms, [field, ...]], ...],
 #                "z": [[rank key, ttl ms, [member, micro-dollars, ...]], ...],
 #                "h": [[quality key, ttl ms, [field, increment, ...]], ...],
 #                "u": [[distinct-count key, ttl s, [member, ...]], ...],
@@ -127,8 +128,9 @@ local function int(v) return string.format('%d', v) end
 #                "gr": this call's contribution to the global scope (JSON text)}
 # Lifetimes are relative to the caller's clock (wall time in the worker, event time in a
 # backtest), so a replay of old events keeps its buckets as long as the live worker would.
-# ARGV[2]: the deltas, packed one after another in the bucket layout: the bucket keys' first,
-# then the hashes' entities in order.
+# ARGV[2]: the deltas, packed one after another in the bucket layout, the hashes' fields in
+# order. A hash gets its expiry when a call creates it: every writer sets the same one (the
+# bucket's end plus its retention), so a hash that already held a field keeps the one it has.
 # With "r", each counted event releases the budget holds its reservation (same id) made.
 # Returns {event ids seen before (nothing was applied if any), previous first-seen values,
 #          distinct counts, the outbox's records not yet forwarded}.
@@ -178,24 +180,23 @@ local function added(packed, pos)
   for f = 1, WIDTH do values[f] = values[f] + now[f] end
   return struct.pack(FORMAT, unpack(values, 1, WIDTH))
 end
-for _, bucket in ipairs(p.k) do
-  redis.call('SET', bucket[1], added(redis.call('GET', bucket[1]), pos), 'PX', int(bucket[2]))
-  pos = pos + size
-end
 for _, group in ipairs(p.g) do
-  local key, entities = group[1], group[3]
-  for i = 1, #entities, CHUNK do
-    local last = math.min(i + CHUNK - 1, #entities)
-    local current = redis.call('HMGET', key, unpack(entities, i, last))
+  local key, fields = group[1], group[3]
+  local existed = false
+  for i = 1, #fields, CHUNK do
+    local last = math.min(i + CHUNK - 1, #fields)
+    local current = redis.call('HMGET', key, unpack(fields, i, last))
     local out = {}
     for j = i, last do
-      out[#out + 1] = entities[j]
-      out[#out + 1] = added(current[j - i + 1], pos)
+      local packed = current[j - i + 1]
+      if packed then existed = true end
+      out[#out + 1] = fields[j]
+      out[#out + 1] = added(packed, pos)
       pos = pos + size
     end
     redis.call('HSET', key, unpack(out))
   end
-  redis.call('PEXPIRE', key, int(group[2]))
+  if not existed then redis.call('PEXPIRE', key, int(group[2])) end
 end
 for _, group in ipairs(p.z) do
   local key, flat = group[1], group[3]
@@ -400,26 +401,31 @@ def event_vector(item: PricedEvent) -> list[int]:
     ]
 
 
-def bucket_group(tenant: str, scope: Scope) -> str:
-    """Key prefix of the bucket hashes of one scope in a tenant (the bucket size and start
-    follow); the global scope lives under its own pseudo-tenant.
+@lru_cache(maxsize=65_536)
+def tenant_group(tenant: str) -> str:
+    """Key prefix of a tenant's bucket hashes (the bucket size and start follow).
 
-    >>> bucket_group("acme", Scope.user)
-    'det:win:{t:acme}:user:'
-    >>> bucket_group("acme", Scope.global_)
-    'det:win:{t:_global}:global:'
+    >>> tenant_group("acme")
+    'det:win:{t:acme}:'
     """
-    owner = keys.GLOBAL_TENANT if scope is Scope.global_ else tenant
-    return keys.window_hash_key(owner, scope.value, "", "")[:-1]
+    return keys.window_bucket_key(tenant, "", "")[:-1]
 
 
-def bucket_location(group: str, size: int | str, start_ms: int, entity: str) -> tuple[str, str]:
-    """(hash key, field) of one entity's bucket.
+def window_slot(tenant: str, scope: Scope, entity: str) -> Slot:
+    """Where the buckets of one entity of a scope live.
 
-    >>> bucket_location("det:win:{t:acme}:user:", 60, 120000, "u1")
-    ('det:win:{t:acme}:user:60:120000', 'u1')
+    >>> window_slot("acme", Scope.user, "u1")
+    ('det:win:{t:acme}:', 'user|u1')
+    >>> window_slot("acme", Scope.tenant, "acme")
+    ('det:win:{t:acme}:', 'tenant')
+    >>> window_slot("acme", Scope.global_, "all")
+    ('det:win:{t:_global}:global:', None)
     """
-    return f"{group}{size}:{start_ms}", entity
+    if scope is Scope.global_:
+        return _GLOBAL_SLOT
+    if scope is Scope.tenant:
+        return tenant_group(tenant), TENANT_FIELD
+    return tenant_group(tenant), f"{scope.value}|{entity}"
 
 
 def dedup_prefix(tenant: str) -> str:
@@ -641,20 +647,16 @@ class WindowStore:
                         fields = groups[group] = {}
                     total = fields.get(entity)
                     fields[entity] = vector if total is None else _add(total, vector)
-        own_keys, hashes, global_keys = [], [], []
-        key_deltas, hash_deltas = bytearray(), bytearray()
+        hashes, global_keys = [], []
+        hash_deltas = bytearray()
         pack = _PACKED.pack
         for (size, start_ms), groups in buckets.items():
             ttl_ms = start_ms + _SPAN_MS[size] - now_ms
             suffix = f"{size}:{start_ms}"
             for group, fields in groups.items():
                 only = fields.get(None)
-                if only is not None:  # tenant or global scope: one entity, a key of its own
-                    if group.startswith(_GLOBAL_KEYS):  # another slot: through the outbox
-                        global_keys.append([group + suffix, ttl_ms, only])
-                        continue
-                    own_keys.append([group + suffix, ttl_ms])
-                    key_deltas += pack(*only)
+                if only is not None:  # a global bucket, in another slot: through the outbox
+                    global_keys.append([group + suffix, ttl_ms, only])
                     continue
                 hashes.append([group + suffix, ttl_ms, list(fields)])
                 for vector in fields.values():
@@ -671,7 +673,6 @@ class WindowStore:
         payload = {
             "x": self._dedup_horizon_ms,
             "s": [[hour, ids] for hour, ids in by_hour.items()],
-            "k": own_keys,
             "g": hashes,
             "z": ranks,
             "h": rollups.quality(),
@@ -688,7 +689,7 @@ class WindowStore:
             "gr": orjson.dumps(contribution).decode(),
         }
         asked = _Asked(firsts, first_value, api_keys, reach, tenant_counts)
-        return orjson.dumps(payload), bytes(key_deltas + hash_deltas), asked
+        return orjson.dumps(payload), bytes(hash_deltas), asked
 
     async def read_windows(
         self,
@@ -714,9 +715,13 @@ class WindowStore:
                 read = buckets[(window, zone)] = window_buckets(window, now_ms, zone)
             size_s, starts = read
             series = window.partition("#")[2]
-            group = series_group(owner, series) if series else bucket_group(tenant, scope)
+            group, field = (
+                series_slot(owner, series, scope, entity)
+                if series
+                else window_slot(tenant, scope, entity)
+            )
             prefix = f"{group}{size_s}:"
-            asks.append([prefix, starts] if scope in SINGLE_SCOPES else [prefix, starts, entity])
+            asks.append([prefix, starts] if field is None else [prefix, starts, field])
         pipe = self._redis.pipeline(transaction=False)
         owners = list(by_owner)
         for owner in owners:
@@ -920,43 +925,37 @@ def quality_signal(text: str | None) -> int | None:
 
 
 def series_slot(owner: str, series: str, scope: Scope, entity: str) -> Slot:
-    """Where an entity's buckets of a rule's filtered series live.
+    """Where an entity's buckets of a rule's filtered series live: fields of the tenant's
+    bucket hashes, or keys of their own in the global slot for a global rule.
 
     >>> series_slot("acme", "r.chat", Scope.user, "u1")
-    ('det:win:{t:acme}:r.chat:', 'u1')
+    ('det:win:{t:acme}:', 'r.chat|u1')
+    >>> series_slot("acme", "r.chat", Scope.tenant, "acme")
+    ('det:win:{t:acme}:', 'r.chat')
+    >>> series_slot("_global", "r.all", Scope.global_, "all")
+    ('det:win:{t:_global}:r.all:', None)
     """
-    return series_group(owner, series), None if scope in SINGLE_SCOPES else entity
+    if owner == keys.GLOBAL_TENANT:
+        return keys.window_hash_key(owner, series, "", "")[:-1], None
+    field = series if scope in SINGLE_SCOPES else f"{series}|{entity}"
+    return tenant_group(owner), field
 
 
-def series_group(tenant: str, series: str) -> str:
-    """Key prefix of the bucket hashes of a rule's filtered series in a tenant.
-
-    >>> series_group("acme", "r.chat")
-    'det:win:{t:acme}:r.chat:'
-    """
-    return keys.window_hash_key(tenant, series, "", "")[:-1]
-
-
-@lru_cache(maxsize=65_536)
-def _tenant_groups(tenant: str) -> tuple[str, tuple[tuple[str, str], ...]]:
-    """The tenant scope's bucket group, and (group, event field) of each nested scope."""
-    nested = tuple((bucket_group(tenant, scope), field) for scope, field in NESTED_FIELDS)
-    return bucket_group(tenant, Scope.tenant), nested
+_NESTED_PREFIXES = tuple((f"{scope.value}|", field) for scope, field in NESTED_FIELDS)
 
 
 def entity_slots(event: UsageEvent) -> list[Slot]:
-    """(bucket group, entity) of every entity the event belongs to, one per scope it names.
+    """(bucket group, field) of every entity the event belongs to, one per scope it names.
 
     >>> entity_slots(UsageEvent(event_id="e", ts_ms=0, tenant_id="a", model="m"))[1:]
-    [('det:win:{t:a}:tenant:', None), ('det:win:{t:a}:model:', 'm')]
+    [('det:win:{t:a}:', 'tenant'), ('det:win:{t:a}:', 'model|m')]
     """
-    tenant = event.tenant_id
-    tenant_group, nested = _tenant_groups(tenant)
-    out: list[Slot] = [_GLOBAL_SLOT, (tenant_group, None)]
-    for group, field in nested:
-        entity = getattr(event, field)
+    group = tenant_group(event.tenant_id)
+    out: list[Slot] = [_GLOBAL_SLOT, (group, TENANT_FIELD)]
+    for prefix, name in _NESTED_PREFIXES:
+        entity = getattr(event, name)
         if entity is not None:
-            out.append((group, entity))
+            out.append((group, prefix + entity))
     return out
 
 

@@ -12,11 +12,11 @@ from detector.windows.counters import (
     SINGLE_SCOPES,
     WIDTH,
     PricedEvent,
-    bucket_group,
     entity_slots,
     event_vector,
     named_metrics,
     unpack_bucket,
+    window_slot,
 )
 
 
@@ -136,17 +136,24 @@ def test_unpack_pads_a_short_value() -> None:
     assert unpack_bucket(packed) == [7, 9] + [0] * (WIDTH - 2)
 
 
-def test_bucket_group_puts_global_under_its_own_tag() -> None:
-    assert bucket_group("acme", Scope.global_) == "det:win:{t:_global}:global:"
-    assert bucket_group("acme", Scope.session) == "det:win:{t:acme}:session:"
+def test_window_slot_puts_global_under_its_own_tag() -> None:
+    assert window_slot("acme", Scope.global_, "all") == ("det:win:{t:_global}:global:", None)
+    assert window_slot("acme", Scope.session, "s1") == ("det:win:{t:acme}:", "session|s1")
+    assert window_slot("acme", Scope.tenant, "acme") == ("det:win:{t:acme}:", "tenant")
 
 
-def test_entity_slots_match_bucket_group_for_every_scope() -> None:
+def test_an_entity_id_with_the_separator_keeps_its_own_field() -> None:
+    # Fields are `<scope>|<entity>`: an id holding "|" cannot be mistaken for another scope's.
+    fields = {window_slot("t", scope, "a|b")[1] for scope in Scope if scope not in SINGLE_SCOPES}
+    assert len(fields) == len(Scope) - len(SINGLE_SCOPES)
+
+
+def test_entity_slots_match_window_slot_for_every_scope() -> None:
     event = make_event(user_id="u", feature="f", api_key_id="k", session_id="s:1")
     expected = [
-        (bucket_group("t1", scope), None if scope in SINGLE_SCOPES else entity)
+        window_slot("t1", scope, entity)
         for scope in Scope
         if (entity := event.entity(scope)) is not None
     ]
-    assert sorted(entity_slots(event)) == sorted(expected)
+    assert sorted(entity_slots(event), key=str) == sorted(expected, key=str)
     assert len(entity_slots(make_event())) == 3  # global, tenant, model
