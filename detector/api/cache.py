@@ -122,6 +122,6 @@ class DecisionCache:
                 self._live.clear()
                 self._entries.clear()
                 with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
             await asyncio.sleep(delay_s)
             delay_s = min(delay_s * 2, 5.0)
