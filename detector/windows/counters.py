@@ -31,10 +31,12 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import tzinfo
 from functools import lru_cache
-from typing import NamedTuple
+from typing import Any, NamedTuple, cast
 
 import orjson
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import NoScriptError
 
 from detector import keys
 from detector.pricing import Costs
@@ -434,10 +436,14 @@ def dedup_prefix(tenant: str) -> str:
 
 
 class WindowStore:
-    """Reads and writes the spend windows of every scope in Redis."""
+    """Reads and writes the spend windows of every scope in Redis: one server, or a Redis
+    Cluster (every call stays in one slot: a tenant's, or the global one)."""
 
     def __init__(
-        self, redis: Redis, dedup_horizon_s: int, allowed_lateness_s: int | None = None
+        self,
+        redis: Redis | RedisCluster,
+        dedup_horizon_s: int,
+        allowed_lateness_s: int | None = None,
     ) -> None:
         self._redis = redis
         self._dedup_horizon_ms = dedup_horizon_s * 1000
@@ -448,6 +454,11 @@ class WindowStore:
         self._sum = redis.register_script(_SUM_LUA)
         self._forward_script = redis.register_script(_FORWARD_LUA)
         self._trim = redis.register_script(_TRIM_OUTBOX_LUA)
+        # A cluster pipeline does not load scripts by itself as a one-server pipeline does:
+        # they are loaded on every primary before the first pipeline, and again after a
+        # NOSCRIPT (a node restarted or failed over).
+        self._cluster = isinstance(redis, RedisCluster)
+        self._scripts_loaded = False
         # tenant -> the sequence number its global outbox is known forwarded up to
         self._forwarded: dict[str, int] = {}
 
@@ -490,7 +501,7 @@ class WindowStore:
         outboxes: dict[str, list[bytes]] = {}  # tenant -> its global outbox after its last call
         done: list[tuple[str, _Asked, list[int]]] = []  # (tenant, asked, user counts)
         while todo:
-            pipe = self._redis.pipeline(transaction=False)
+            pipe = await self._pipeline()
             asked: list[_Asked] = []
             for tenant, items in todo:
                 zone = zones(tenant) if zones is not None else None
@@ -498,7 +509,7 @@ class WindowStore:
                 payload, deltas, ask = self._payload(items, now_ms, series, zone, reach, holds)
                 asked.append(ask)
                 await self._apply(keys=[dedup_prefix(tenant)], args=[payload, deltas], client=pipe)
-            replies = await pipe.execute()
+            replies = await self._execute(pipe)
             retry: list[tuple[str, list[PricedEvent]]] = []
             for (tenant, items), (dups, previous, counts, outbox), ask in zip(
                 todo, replies, asked, strict=True
@@ -565,27 +576,42 @@ class WindowStore:
         seen = 0
         for i in range(0, len(tenants), 500):
             chunk = tenants[i : i + 500]
-            pipe = self._redis.pipeline(transaction=False)
+            pipe = await self._pipeline()
             for tenant in chunk:
                 pipe.lrange(keys.global_outbox_key(tenant), 0, -1)
             outboxes = {
                 tenant: [v if isinstance(v, bytes) else str(v).encode() for v in found]
-                for tenant, found in zip(chunk, await pipe.execute(), strict=True)
+                for tenant, found in zip(chunk, await self._execute(pipe), strict=True)
                 if found
             }
             if not outboxes:
                 continue
             seen += sum(len(found) for found in outboxes.values())
             await self._forward(outboxes, [])
-            pipe = self._redis.pipeline(transaction=False)
+            pipe = await self._pipeline()
             for tenant in outboxes:
                 await self._trim(
                     keys=[keys.global_outbox_key(tenant)],
                     args=[self._forwarded[tenant]],
                     client=pipe,
                 )
-            await pipe.execute()
+            await self._execute(pipe)
         return seen
+
+    async def _pipeline(self) -> Any:
+        """A pipeline without a transaction (one server's or a cluster's)."""
+        if self._cluster and not self._scripts_loaded:
+            for script in (self._apply, self._sum, self._forward_script, self._trim):
+                await self._redis.script_load(script.script)
+            self._scripts_loaded = True
+        return self._redis.pipeline(transaction=False)
+
+    async def _execute(self, pipe: Any) -> list[Any]:
+        try:
+            return cast(list[Any], await pipe.execute())
+        except NoScriptError:
+            self._scripts_loaded = False  # the caller's retry loads them again
+            raise
 
     def _payload(
         self,
@@ -722,13 +748,13 @@ class WindowStore:
             )
             prefix = f"{group}{size_s}:"
             asks.append([prefix, starts] if field is None else [prefix, starts, field])
-        pipe = self._redis.pipeline(transaction=False)
+        pipe = await self._pipeline()
         owners = list(by_owner)
         for owner in owners:
             mine = orjson.dumps([asks[index] for index in by_owner[owner]])
             # The one declared key puts the call in the owner's Redis Cluster slot.
             await self._sum(keys=[dedup_prefix(owner)], args=[mine], client=pipe)
-        replies = await pipe.execute()
+        replies = await self._execute(pipe)
         out: list[dict[str, float]] = [{} for _ in requests]
         for owner, reply in zip(owners, replies, strict=True):
             for n, index in enumerate(by_owner[owner]):
