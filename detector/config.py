@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     batch_max_events: int = Field(default=10_000, ge=1, le=100_000)
     batch_max_wait_ms: int = Field(default=200, ge=1, le=10_000)
     batches_in_flight: int = Field(default=2, ge=1, le=8)
+    # While a batch is in flight, the next one starts once this many events are collected (so
+    # that Python prepares it while Redis works on the other), or when it is full.
+    batch_overlap_events: int = Field(default=3000, ge=1, le=100_000)
 
     slack_webhook_url: SecretStr | None = None
     slack_bot_token: SecretStr | None = None

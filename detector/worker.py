@@ -179,7 +179,13 @@ class EventsConsumer:
                 while inflight and inflight[0][0].done():
                     await _finish(consumer, inflight.popleft())
                 full = len(records) >= settings.batch_max_events
-                if records and (not inflight or full):
+                # A second batch while one runs: Python prepares it while Redis works on the
+                # first, but not before it is big enough to share the per-batch costs.
+                overlap = (
+                    len(inflight) < settings.batches_in_flight
+                    and len(records) >= settings.batch_overlap_events
+                )
+                if records and (not inflight or full or overlap):
                     if len(inflight) >= settings.batches_in_flight:
                         await _finish(consumer, inflight.popleft())
                     task = asyncio.create_task(self._process(records, deps))
