@@ -24,7 +24,6 @@ seen, and counts nothing twice.
 from __future__ import annotations
 
 import dataclasses
-import operator
 import struct
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -629,11 +628,13 @@ class WindowStore:
 
         Events are summed per entity and minute first; only those sums are then spread over
         the longer buckets, so the shared entities (tenant, model, feature) cost one vector
-        addition per event instead of one per bucket size.
+        addition per event instead of one per bucket size. Vectors are summed as lanes of one
+        integer (see _lanes): one addition each, and their bytes are the packed bucket layout.
         """
         by_hour: dict[int, list[str]] = defaultdict(list)
-        # (minute start, late) -> slot -> summed vector
-        minutes: dict[tuple[int, bool], dict[Slot, list[int]]] = {}
+        # (minute start, late) -> slot -> summed vector, as lanes
+        # (minute start, late) -> bucket group -> field -> summed lanes
+        minutes: dict[tuple[int, bool], dict[str, dict[str | None, int]]] = {}
         late_before_ms = (
             now_ms - self._allowed_lateness_ms if self._allowed_lateness_ms is not None else -1
         )
@@ -645,48 +646,65 @@ class WindowStore:
             if ts_ms > newest_ms:
                 newest_ms = ts_ms
             by_hour[ts_ms - ts_ms % _HOUR_MS].append(ev.event_id)
-            vector = event_vector(it)
-            rollups.add(ev, vector[0])
+            values = event_vector(it)
+            rollups.add(ev, values[0])
+            vector = _lanes(values)
             when = (ts_ms - ts_ms % _MINUTE_MS, ts_ms < late_before_ms)
-            sums = minutes.get(when)
-            if sums is None:
-                sums = minutes[when] = {}
+            groups = minutes.get(when)
+            if groups is None:
+                groups = minutes[when] = {}
             slots = entity_slots(ev)
             if series is not None:
                 slots += series(ev)
-            for slot in slots:
-                total = sums.get(slot)
-                sums[slot] = vector if total is None else _add(total, vector)
-        # (size, start) -> bucket group -> entity (None: the group's only one) -> summed vector
-        buckets: dict[tuple[int | str, int], dict[str, dict[str | None, list[int]]]] = {}
-        for (minute_ms, late), sums in minutes.items():
+            for group, field in slots:
+                sums = groups.get(group)
+                if sums is None:
+                    sums = groups[group] = {}
+                total = sums.get(field)
+                sums[field] = vector if total is None else total + vector
+        # (size, start) -> bucket group -> field (None: a global key) -> summed lanes. A bucket
+        # fed by one minute shares that minute's sums (most batches span a minute or two); it
+        # gets a copy of its own only when a second minute is added to it.
+        buckets: dict[tuple[int | str, int], dict[str, dict[str | None, int]]] = {}
+        owned: set[tuple[int | str, int, str]] = set()
+        for (minute_ms, late), groups in minutes.items():
             for size, start_ms in _spread(minute_ms, late, zone, now_ms):
-                groups = buckets.get((size, start_ms))
-                if groups is None:
-                    groups = buckets[(size, start_ms)] = {}
+                bucket = buckets.get((size, start_ms))
+                if bucket is None:
+                    bucket = buckets[(size, start_ms)] = {}
                 local = size == LOCAL_DAY
-                for (group, entity), vector in sums.items():
+                for group, sums in groups.items():
                     if local and group == _GLOBAL_GROUP:
                         continue  # the global scope's days are UTC days
-                    fields = groups.get(group)
+                    fields = bucket.get(group)
                     if fields is None:
-                        fields = groups[group] = {}
-                    total = fields.get(entity)
-                    fields[entity] = vector if total is None else _add(total, vector)
+                        bucket[group] = sums
+                        continue
+                    if (size, start_ms, group) not in owned:
+                        owned.add((size, start_ms, group))
+                        fields = bucket[group] = dict(fields)
+                    for field, vector in sums.items():
+                        total = fields.get(field)
+                        fields[field] = vector if total is None else total + vector
         hashes, global_keys = [], []
-        hash_deltas = bytearray()
-        pack = _PACKED.pack
-        for (size, start_ms), groups in buckets.items():
+        deltas: list[bytes] = []
+        packed: dict[int, bytes] = {}  # id of a fields dict -> its packed vectors
+        width = _PACKED.size
+        for (size, start_ms), bucket in buckets.items():
             ttl_ms = start_ms + _SPAN_MS[size] - now_ms
             suffix = f"{size}:{start_ms}"
-            for group, fields in groups.items():
+            for group, fields in bucket.items():
                 only = fields.get(None)
                 if only is not None:  # a global bucket, in another slot: through the outbox
-                    global_keys.append([group + suffix, ttl_ms, only])
+                    global_keys.append([group + suffix, ttl_ms, _values(only)])
                     continue
                 hashes.append([group + suffix, ttl_ms, list(fields)])
-                for vector in fields.values():
-                    hash_deltas += pack(*vector)
+                block = packed.get(id(fields))
+                if block is None:
+                    block = packed[id(fields)] = b"".join(
+                        [v.to_bytes(width, "big") for v in fields.values()]
+                    )
+                deltas.append(block)
         first_value = min(newest_ms, now_ms)
         firsts = _first_seen_targets(items, reach) if reach is not None else []
         api_keys, user_counts, tenant_counts = _reach_counts(items, reach, first_value)
@@ -715,7 +733,7 @@ class WindowStore:
             "gr": orjson.dumps(contribution).decode(),
         }
         asked = _Asked(firsts, first_value, api_keys, reach, tenant_counts)
-        return orjson.dumps(payload), bytes(hash_deltas), asked
+        return orjson.dumps(payload), b"".join(deltas), asked
 
     async def read_windows(
         self,
@@ -989,8 +1007,20 @@ def _chunks(items: list[PricedEvent], size: int) -> list[list[PricedEvent]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-def _add(a: list[int], b: list[int]) -> list[int]:
-    return list(map(operator.add, a, b))
+def _lanes(values: list[int]) -> int:
+    """A counter vector as one integer, one 64-bit lane per counter, the first counter in the
+    highest lane: adding two of them adds every counter (no lane of a batch's sums comes near
+    2**64, and counters are never negative), and its 88 big-endian bytes are the packed bucket.
+
+    >>> _lanes([1, 2] + [0] * 9).to_bytes(_PACKED.size, "big") == _PACKED.pack(1, 2, *[0] * 9)
+    True
+    """
+    return int.from_bytes(_PACKED.pack(*values), "big")
+
+
+def _values(lanes: int) -> list[int]:
+    """The counters of a lanes integer (the inverse of _lanes)."""
+    return list(_PACKED.unpack(lanes.to_bytes(_PACKED.size, "big")))
 
 
 @lru_cache(maxsize=4096)  # a batch asks for the same few minutes once per tenant

@@ -12,6 +12,8 @@ from detector.windows.counters import (
     SINGLE_SCOPES,
     WIDTH,
     PricedEvent,
+    _lanes,
+    _values,
     entity_slots,
     event_vector,
     named_metrics,
@@ -157,3 +159,19 @@ def test_entity_slots_match_window_slot_for_every_scope() -> None:
     ]
     assert sorted(entity_slots(event), key=str) == sorted(expected, key=str)
     assert len(entity_slots(make_event())) == 3  # global, tenant, model
+
+
+@given(
+    st.lists(
+        st.lists(st.integers(min_value=0, max_value=2**53), min_size=WIDTH, max_size=WIDTH),
+        min_size=1,
+        max_size=50,
+    )
+)
+def test_lanes_add_every_counter_on_its_own(vectors: list[list[int]]) -> None:
+    # The batch sums add vectors as lanes of one integer; the packed bytes must be exactly
+    # the counter-wise sums in the bucket layout.
+    total = sum(_lanes(v) for v in vectors)
+    expected = [sum(column) for column in zip(*vectors, strict=True)]
+    assert total.to_bytes(WIDTH * 8, "big") == struct.pack(f">{WIDTH}q", *expected)
+    assert _values(total) == expected
