@@ -27,7 +27,7 @@ from detector.anomaly.detectors import UnivariateDetector
 from detector.anomaly.intervals import EntityKey, SubKey
 from detector.schemas import Scope
 
-STATE_VERSION = 2  # bumped when EntityState gains fields: older pickles are not reused
+STATE_VERSION = 3  # bumped when EntityState gains fields: older pickles are not reused
 MEAN_ALPHA = 0.05  # the usual interval spend, for naming contributors, follows ~20 intervals
 RECENT_ALPHA = 0.3  # the recent level follows the last 3-5 normal intervals
 MAX_USUAL_PARTS = 24  # sub-dimensions whose usual spend an entity remembers (the biggest)
@@ -38,7 +38,10 @@ class EntityState:
     """One entity's model and the counters around it."""
 
     signature: str  # detector settings the model was built with; a change starts afresh
-    detector: UnivariateDetector
+    # None until the entity has spent in as many intervals as the warm-up: no model could
+    # judge before, so the intervals wait in `cold` and the model, built then, learns them in
+    # order. Most entities of a busy tenant (users seen a few times) never need one.
+    detector: UnivariateDetector | None
     last_start_ms: int = -1  # start of the last interval the model saw
     intervals: int = 0  # intervals learned
     anomalous_run: int = 0  # anomalous intervals in a row
@@ -57,6 +60,7 @@ class EntityState:
     # fading every entry is one multiplication (fade) rather than one per entry.
     usual_scaled: dict[SubKey, float] = field(default_factory=dict)
     fade: float = 1.0
+    cold: list[tuple[float, float]] = field(default_factory=list)  # (ts s, cost) not yet modelled
 
     def learned(self, cost_usd: float, parts: Mapping[SubKey, int], requests: int = 0) -> None:
         """Fold a normal interval into the usual figures (exponentially weighted means)."""

@@ -130,6 +130,9 @@ class RecentTop:
         return self.top[-1]
 
 
+BAND_WARMUP = 120  # rows learned before a model judges, when the caller sets no warm-up
+
+
 class BandModel:
     """Shared part: residual spread, self-calibrating band, warm-up. Subclasses predict."""
 
@@ -143,7 +146,7 @@ class BandModel:
         self.recent_z = RecentTop(size=2000, rank=3)
         self.peak_z = 0.0
         self.peak_decay = 0.5 ** (interval_s / _PEAK_HALF_LIFE_S)  # per learned row
-        self.warmup = warmup if warmup is not None else 120
+        self.warmup = warmup if warmup is not None else BAND_WARMUP
         self.n = 0
 
     def expected(self) -> float | None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 
 from redis.asyncio import Redis
 
-from detector.anomaly.detectors import make_univariate
+from detector.anomaly.detectors import UnivariateDetector, make_univariate
 from detector.anomaly.explain import IntervalHit, interval_outcome, outlier_outcome
 from detector.anomaly.intervals import (
     ClosedInterval,
@@ -29,6 +29,7 @@ from detector.anomaly.intervals import (
 from detector.anomaly.outliers import OutlierHit, OutlierWatch
 from detector.anomaly.schema import AnomalyRule, OutlierRule
 from detector.anomaly.state import STATE_VERSION, EntityState, ModelStore
+from detector.anomaly.univariate import BAND_WARMUP
 from detector.decisions.policy import Outcome
 from detector.decisions.store import Change, DecisionStore
 from detector.rules.schema import RuleSet
@@ -258,13 +259,7 @@ class AnomalyWatch:
                 continue
             if not known:
                 sizes[tenant] += 1
-            detector = make_univariate(
-                rule.detector,
-                sensitivity=rule.sensitivity,
-                interval_s=rule.interval_s,
-                warmup=rule.warmup,
-            )
-            self._keep(key, EntityState(sig, detector))
+            self._keep(key, EntityState(sig, None))  # its model is built when it warms up
         for key in wanted:
             if key in self._states:
                 self._states.move_to_end(key)
@@ -310,7 +305,22 @@ def _judge(rule: AnomalyRule, state: EntityState, iv: ClosedInterval) -> Interva
     """
     ts_s = iv.start_ms / 1000
     x = iv.cost_usd
-    verdict = state.detector.score_one(ts_s, x)
+    detector = state.detector
+    if detector is None:
+        if len(state.cold) < cold_rows(rule):
+            # No model is warm this early, so none could find this interval anomalous: it is
+            # learned, as the model would learn it, once the model exists.
+            state.cold.append((ts_s, x))
+            state.anomalous_run, state.run_excess_usd = 0, 0.0
+            state.episode = state.episode_paged = False
+            state.learned(x, iv.parts, iv.requests)
+            state.intervals += 1
+            return None
+        detector = state.detector = new_model(rule)
+        for cold_ts, cold_x in state.cold:
+            detector.learn_one(cold_ts, cold_x)
+        state.cold = []
+    verdict = detector.score_one(ts_s, x)
     above = verdict.warm and x > verdict.high
     anomalous = above and x > rule.jump_factor * state.recent_usd
     state.anomalous_run = state.anomalous_run + 1 if anomalous else 0
@@ -321,7 +331,7 @@ def _judge(rule: AnomalyRule, state: EntityState, iv: ClosedInterval) -> Interva
     state.episode = anomalous or (above and state.episode)
     state.episode_paged = state.episode_paged and state.episode
     if not anomalous or state.anomalous_run > rule.relearn_after:
-        state.detector.learn_one(ts_s, x, calibrate=not state.episode)
+        detector.learn_one(ts_s, x, calibrate=not state.episode)
         state.learned(x, iv.parts, iv.requests)
         state.intervals += 1
     if anomalous and (x >= rule.min_spend_usd or state.run_excess_usd >= rule.min_spend_usd):
@@ -336,6 +346,18 @@ def _judge(rule: AnomalyRule, state: EntityState, iv: ClosedInterval) -> Interva
             usual_calls=state.calls if state.intervals else None,
         )
     return None
+
+
+def new_model(rule: AnomalyRule) -> UnivariateDetector:
+    return make_univariate(
+        rule.detector, sensitivity=rule.sensitivity, interval_s=rule.interval_s, warmup=rule.warmup
+    )
+
+
+def cold_rows(rule: AnomalyRule) -> int:
+    """Intervals an entity's model learns before it can judge any: the warm-up (the worker's
+    detectors default to BAND_WARMUP when the rule sets none; the seasonal one waits longer)."""
+    return rule.warmup if rule.warmup is not None else BAND_WARMUP
 
 
 def _follows(last_start_ms: int, intervals: list[ClosedInterval], interval_ms: int) -> bool:

@@ -2,12 +2,12 @@ from __future__ import annotations
 
 import random
 
-from detector.anomaly.detectors import Verdict, make_univariate
+from detector.anomaly.detectors import UNIVARIATE, Verdict, make_univariate
 from detector.anomaly.explain import IntervalHit
 from detector.anomaly.intervals import ClosedInterval, EntityKey
 from detector.anomaly.schema import AnomalyRule
 from detector.anomaly.state import EntityState
-from detector.anomaly.watch import _fold_into_tenants, _judge
+from detector.anomaly.watch import _fold_into_tenants, _judge, cold_rows
 from detector.schemas import Scope
 
 MINUTE_MS = 60_000
@@ -63,6 +63,7 @@ def test_a_calm_interval_ends_the_run() -> None:
 def test_a_level_shift_being_relearned_does_not_widen_the_band() -> None:
     r = rule(min_spend_usd=0.01, relearn_after=5)
     state = calm_state(r, minutes=300)
+    assert state.detector is not None
     before = state.detector.score_one(300 * 60.0, 0.005).high
     # Sixty minutes at ten times the level: alerted, then learned as the new level.
     for i in range(60):
@@ -98,3 +99,37 @@ def test_scope_mates_fold_into_a_tenant_anomaly_while_it_lasts() -> None:
     assert _fold_into_tenants([user, other], paging=set()) == [user, other]
     tenant = IntervalHit(interval(5, 2.0), verdict, [])
     assert _fold_into_tenants([tenant, user], paging=set()) == [tenant]
+
+
+def test_a_model_built_at_the_end_of_the_warm_up_judges_as_one_built_at_the_start() -> None:
+    # States start without a model; the intervals before the warm-up ends wait and are learned
+    # when it is built. Every verdict after must be the one an eagerly built model gives.
+    for detector in ("robust", "combined"):
+        r = rule(detector=detector, min_spend_usd=0.01)
+        eager = EntityState("test", make_univariate(detector, sensitivity=r.sensitivity, warmup=20))
+        lazy = EntityState("test", None)
+        rng = random.Random(5)
+        costs = [0.005 * rng.uniform(0.5, 1.5) for _ in range(200)]
+        costs[60:64] = [0.2] * 4  # an incident after the warm-up
+        for minute, cost in enumerate(costs):
+            hit_eager = _judge(r, eager, interval(minute, cost))
+            hit_lazy = _judge(r, lazy, interval(minute, cost))
+            assert (hit_eager is None) == (hit_lazy is None), (detector, minute)
+            if hit_eager is not None and hit_lazy is not None:
+                assert hit_eager.verdict == hit_lazy.verdict
+        assert lazy.detector is not None and lazy.cold == []
+        assert lazy.detector.score_one(200 * 60.0, 0.005) == eager.detector.score_one(  # type: ignore[union-attr]
+            200 * 60.0, 0.005
+        )
+
+
+def test_no_worker_detector_judges_before_cold_rows() -> None:
+    # cold_rows must never exceed a model's real warm-up, or the lazy model would miss an
+    # interval an eager one could have flagged.
+    for warmup in (None, 20):
+        r = rule(warmup=warmup)
+        for name in UNIVARIATE:
+            model = make_univariate(name, sensitivity=0.8, warmup=warmup)
+            for row in range(cold_rows(r)):
+                assert not model.score_one(row * 60.0, 1.0).warm, (name, warmup, row)
+                model.learn_one(row * 60.0, 1.0)
