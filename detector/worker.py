@@ -47,6 +47,7 @@ REDIS_REPLY_TIMEOUT_S = 20.0  # far above any batch's Lua time (tens of ms per c
 REDIS_CONNECT_TIMEOUT_S = 5.0
 COLLECT_POLL_MS = 10  # poll interval while a batch runs and the next one is being collected
 OUTBOX_SWEEP_S = 60.0  # how often the worker forwards tenants' leftover global contributions
+STOP_RECANCEL_S = 0.5  # at stop, batches not yet stopped are cancelled again this often
 Polled = dict[TopicPartition, list[ConsumerRecord[Any, Any]]]
 
 
@@ -192,8 +193,7 @@ class EventsConsumer:
                     inflight.append((task, polled))
                     records, polled = [], {}
         finally:
-            for task, _ in inflight:
-                task.cancel()
+            await _stop_batches([task for task, _ in inflight])
             await consumer.stop()
             await kafka.close()
             await redis.aclose()
@@ -204,6 +204,9 @@ class EventsConsumer:
             try:
                 result = await handle_batch([(r.key, r.value) for r in records], deps, now_ms())
             except (RedisError, KafkaError, OSError) as exc:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # the worker is stopping: an error now is no reason to try again
                 # The stores are unreachable: hold the batch and retry; nothing is committed,
                 # and the dedup marks make the retry safe.
                 log.warning("batch of %d held, retrying in %.1fs: %r", len(records), delay_s, exc)
@@ -235,6 +238,22 @@ class EventsConsumer:
                 await handle_batch([(r.key, r.value)], deps, now_ms())
             except Exception:
                 log.exception("event failed at %s[%s]@%s; skipped", r.topic, r.partition, r.offset)
+
+
+async def _stop_batches(tasks: Sequence[asyncio.Task[None]]) -> None:
+    """Cancel the batches in flight and wait until each has really stopped, so that none
+    outlives the clients it uses. One cancel is not always enough on Python 3.11: an
+    `asyncio.wait_for` inside redis-py can swallow it (CPython gh-86296), and such a batch
+    went on after the worker closed its Redis client, failed on the closed connection and
+    retried from a stopped worker (in a bench, it then wrote into the next run's database)."""
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=STOP_RECANCEL_S)
+    for task in tasks:
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("batch stopped with %r", task.exception())
 
 
 async def _sweep(windows: WindowStore, full_scan: bool) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from enum import StrEnum
+from typing import Any
 
 from redis.asyncio import Redis
 
@@ -112,7 +113,12 @@ class DecisionStore:
         """Store enforced decisions in one round trip; say for each whether it changed anything."""
         if not decisions:
             return []
-        pipe = self._redis.pipeline(transaction=False)
+        # `async with`, as for every pipeline that runs scripts (windows/counters.py says why).
+        async with self._redis.pipeline(transaction=False) as pipe:
+            replies = await self._queue_upserts(pipe, decisions, now_ms)
+        return [Change(r.decode() if isinstance(r, bytes) else r) for r in replies]
+
+    async def _queue_upserts(self, pipe: Any, decisions: Sequence[Decision], now_ms: int) -> Any:
         for d in decisions:
             await self._upsert(
                 keys=[
@@ -130,8 +136,7 @@ class DecisionStore:
                 ],
                 client=pipe,
             )
-        replies = await pipe.execute()
-        return [Change(r.decode() if isinstance(r, bytes) else r) for r in replies]
+        return await pipe.execute()
 
     async def lookup(
         self, entities: Sequence[tuple[str, Scope, str]], now_ms: int
