@@ -3,7 +3,8 @@
     .venv/bin/python benches/anomaly/memory.py [--entities 2000] [--intervals 400]
 
 Builds `--entities` states with the repository's rules.yaml detector, each fed `--intervals`
-intervals (past the detector's window, so its buffers are full), then prints the process's
+intervals through the worker's `_judge` (400: past the detector's window, so its buffers are
+full; up to the warm-up, 60 in rules.yaml, no model is built yet), then prints the process's
 resident memory growth per entity (river's rolling quantiles live in Rust, out of tracemalloc's
 sight, hence RSS) and, after writing them through ModelStore, the Redis memory per entity
 (MEMORY USAGE of the tenant's two hashes). Redis: DETECTOR_BENCH_REDIS_URL (default
@@ -23,9 +24,9 @@ from pathlib import Path
 from redis.asyncio import Redis
 
 from detector import keys
-from detector.anomaly.detectors import make_univariate
+from detector.anomaly.intervals import ClosedInterval
 from detector.anomaly.state import EntityState, ModelStore
-from detector.anomaly.watch import signature
+from detector.anomaly.watch import _judge, signature
 from detector.rules.loader import load_rules
 from detector.schemas import Scope
 
@@ -48,16 +49,16 @@ async def main(args: argparse.Namespace) -> None:
     before = rss_kib()
     states = {}
     for i in range(args.entities):
-        det = make_univariate(rule.detector, sensitivity=rule.sensitivity,
-                              interval_s=rule.interval_s, warmup=rule.warmup)  # fmt: skip
-        state = EntityState(signature(rule), det)
+        key = ("acme", Scope.user, f"u{i}")
+        # Through the worker's own judging code: the model is built once the entity has spent
+        # in as many intervals as the warm-up, so a young entity holds its few intervals only.
+        state = EntityState(signature(rule), None)
         for n in range(args.intervals):
             x = rng.lognormvariate(0, 0.5)
-            det.learn_one(n * 60.0, x)
-            state.learned(x, {(Scope.feature, f"f{n % 3}"): int(x * 1e6)})
-            state.intervals += 1
+            parts = {(Scope.feature, f"f{n % 3}"): int(x * 1e6)}
+            _judge(rule, state, ClosedInterval(key, n * 60_000, int(x * 1e6), 1, parts))
             state.last_start_ms = n * 60_000
-        states[("acme", Scope.user, f"u{i}")] = state
+        states[key] = state
     gc.collect()
     grown = (rss_kib() - before) * 1024
     redis = Redis.from_url(os.environ.get("DETECTOR_BENCH_REDIS_URL", "redis://127.0.0.1:6379/2"))

@@ -11,6 +11,7 @@ stored through the same decision store as rules.
 from __future__ import annotations
 
 import logging
+from array import array
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -307,19 +308,20 @@ def _judge(rule: AnomalyRule, state: EntityState, iv: ClosedInterval) -> Interva
     x = iv.cost_usd
     detector = state.detector
     if detector is None:
-        if len(state.cold) < cold_rows(rule):
+        if len(state.cold) < 2 * cold_rows(rule):
             # No model is warm this early, so none could find this interval anomalous: it is
             # learned, as the model would learn it, once the model exists.
-            state.cold.append((ts_s, x))
+            state.cold.extend((ts_s, x))
             state.anomalous_run, state.run_excess_usd = 0, 0.0
             state.episode = state.episode_paged = False
             state.learned(x, iv.parts, iv.requests)
             state.intervals += 1
             return None
         detector = state.detector = new_model(rule)
-        for cold_ts, cold_x in state.cold:
-            detector.learn_one(cold_ts, cold_x)
-        state.cold = []
+        cold = state.cold
+        for i in range(0, len(cold), 2):
+            detector.learn_one(cold[i], cold[i + 1])
+        state.cold = array("d")
     verdict = detector.score_one(ts_s, x)
     above = verdict.warm and x > verdict.high
     anomalous = above and x > rule.jump_factor * state.recent_usd

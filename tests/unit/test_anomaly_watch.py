@@ -117,7 +117,7 @@ def test_a_model_built_at_the_end_of_the_warm_up_judges_as_one_built_at_the_star
             assert (hit_eager is None) == (hit_lazy is None), (detector, minute)
             if hit_eager is not None and hit_lazy is not None:
                 assert hit_eager.verdict == hit_lazy.verdict
-        assert lazy.detector is not None and lazy.cold == []
+        assert lazy.detector is not None and len(lazy.cold) == 0
         assert lazy.detector.score_one(200 * 60.0, 0.005) == eager.detector.score_one(  # type: ignore[union-attr]
             200 * 60.0, 0.005
         )
