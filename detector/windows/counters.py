@@ -606,15 +606,17 @@ class WindowStore:
         return self._redis.pipeline(transaction=False)
 
     async def _execute(self, pipe: Any) -> list[Any]:
-        # `async with`: a pipeline that runs scripts checks them on a connection of its own
-        # before its try block; cancelled or failed there, it kept that connection out of the
-        # pool for good. Leaving the block always gives it back.
+        # A pipeline that runs scripts checks them on a connection of its own before its try
+        # block; cancelled or failed there, it kept that connection out of the pool for good.
+        # reset() gives it back (not `async with`: entering a cluster pipeline's block
+        # re-initialises it, which drops the commands queued before).
         try:
-            async with pipe:
-                return cast(list[Any], await pipe.execute())
+            return cast(list[Any], await pipe.execute())
         except NoScriptError:
             self._scripts_loaded = False  # the caller's retry loads them again
             raise
+        finally:
+            await pipe.reset()
 
     def _payload(
         self,
