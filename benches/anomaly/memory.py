@@ -49,16 +49,16 @@ async def main(args: argparse.Namespace) -> None:
     before = rss_kib()
     states = {}
     for i in range(args.entities):
-        key = ("acme", Scope.user, f"u{i}")
+        entity = ("acme", Scope.user, f"u{i}")
         # Through the worker's own judging code: the model is built once the entity has spent
         # in as many intervals as the warm-up, so a young entity holds its few intervals only.
         state = EntityState(signature(rule), None)
         for n in range(args.intervals):
             x = rng.lognormvariate(0, 0.5)
             parts = {(Scope.feature, f"f{n % 3}"): int(x * 1e6)}
-            _judge(rule, state, ClosedInterval(key, n * 60_000, int(x * 1e6), 1, parts))
+            _judge(rule, state, ClosedInterval(entity, n * 60_000, int(x * 1e6), 1, parts))
             state.last_start_ms = n * 60_000
-        states[key] = state
+        states[entity] = state
     gc.collect()
     grown = (rss_kib() - before) * 1024
     redis = Redis.from_url(os.environ.get("DETECTOR_BENCH_REDIS_URL", "redis://127.0.0.1:6379/2"))
