@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import faust
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -125,7 +125,6 @@ class EventsConsumer:
         )
         kafka = KafkaSink(settings)
         consumer = AIOKafkaConsumer(
-            settings.topic(keys.TOPIC_EVENTS),
             bootstrap_servers=settings.kafka_bootstrap,
             group_id=f"{settings.consumer_group}.events",
             enable_auto_commit=False,
@@ -149,6 +148,9 @@ class EventsConsumer:
             anomaly=AnomalyWatch(redis, decisions),
         )
         await kafka.start()
+        consumer.subscribe(
+            [settings.topic(keys.TOPIC_EVENTS)], listener=_MovedPartitions(deps.anomaly)
+        )
         await consumer.start()
         log.info("consuming %s", settings.topic(keys.TOPIC_EVENTS))
         swept_s = 0.0
@@ -238,6 +240,21 @@ class EventsConsumer:
                 await handle_batch([(r.key, r.value)], deps, now_ms())
             except Exception:
                 log.exception("event failed at %s[%s]@%s; skipped", r.topic, r.partition, r.offset)
+
+
+class _MovedPartitions(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Tells the anomaly watch when partitions are taken away (every rebalance, in aiokafka's
+    eager protocol), so that it stops trusting the model states it holds."""
+
+    def __init__(self, watch: AnomalyWatch | None) -> None:
+        self._watch = watch
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        if self._watch is not None and revoked:
+            self._watch.partitions_moved()
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        pass
 
 
 async def _stop_batches(tasks: Sequence[asyncio.Task[None]]) -> None:

@@ -55,6 +55,7 @@ class WatchStats:
     outliers: int = 0
     over_cap: int = 0  # entities refused a model because their tenant was at max_models
     state_bytes_written: int = 0
+    index_reads: int = 0  # entities whose state was checked against Redis's index
 
 
 def signature(rule: AnomalyRule) -> str:
@@ -76,7 +77,15 @@ class AnomalyWatch:
         self._book: IntervalBook | None = None
         self._outliers: OutlierWatch | None = None
         self._states: OrderedDict[EntityKey, EntityState] = OrderedDict()
+        # Entities whose state in memory this process has kept current since its partitions
+        # last moved: no other worker can have learned on them meanwhile.
+        self._current: set[EntityKey] = set()
         self.stats = WatchStats()
+
+    def partitions_moved(self) -> None:
+        """Partitions were taken from this worker (a rebalance): another worker may learn on
+        any entity from now on, so every state held is checked against Redis before use."""
+        self._current.clear()
 
     async def observe_batch(
         self, items: Sequence[PricedEvent], rules: RuleSet, now_ms: int
@@ -182,6 +191,7 @@ class AnomalyWatch:
                 state.last_start_ms = iv.start_ms
                 state.unsaved += 1
             state.signature = sig
+            self._current.add(key)
             if state.unsaved >= rule.persist_every:
                 changed[key] = state
         self.stats.intervals_scored += len(closed)
@@ -204,10 +214,12 @@ class AnomalyWatch:
     ) -> None:
         """Make sure every wanted entity has an up-to-date state in memory, within the caps.
 
-        A state held in memory whose last interval is followed, without a gap, by intervals
-        that just ended is current: this worker saw the entity throughout. Any other is checked
-        against Redis's index (after a gap, or for an interval closing late, another worker
-        may have learned on).
+        A state held in memory is current when no partition moved since this worker last
+        judged the entity, or when its last interval is followed, without a gap, by intervals
+        that just ended: this worker saw the entity throughout. Any other is checked against
+        Redis's index (after a move and a gap, or for an interval closing late, another worker
+        may have learned on). Without the first rule, every entity that spends in some minutes
+        only (most users) cost an index read at each of its intervals.
         """
         sig = signature(rule)
         wanted = list(groups)
@@ -216,14 +228,21 @@ class AnomalyWatch:
         # older than what another worker has stored since.
         watermark_ms = self._book.watermark_ms if self._book is not None else 0
         recent_after_ms = watermark_ms - 2 * interval_ms - rule.grace_s * 1000
+        current = self._current
         unsure = [
             key
             for key, intervals in groups.items()
             if (held := self._states.get(key)) is None
             or held.signature != sig
-            or not _follows(held.last_start_ms, intervals, interval_ms)
-            or intervals[0].start_ms < recent_after_ms
+            or (
+                key not in current
+                and (
+                    not _follows(held.last_start_ms, intervals, interval_ms)
+                    or intervals[0].start_ms < recent_after_ms
+                )
+            )
         ]
+        self.stats.index_reads += len(unsure)
         marks = await self._store.marks(unsure)
         reload = [
             key
@@ -273,7 +292,8 @@ class AnomalyWatch:
         self._states[key] = state
         self._states.move_to_end(key)
         while len(self._states) > self._max_in_memory:
-            self._states.popitem(last=False)
+            dropped, _ = self._states.popitem(last=False)
+            self._current.discard(dropped)
 
     async def _act(
         self, rules: RuleSet, rule: AnomalyRule, outcomes: list[Outcome], now_ms: int

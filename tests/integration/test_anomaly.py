@@ -243,6 +243,7 @@ async def test_a_partition_that_moves_away_and_back_does_not_roll_the_model_back
     await play(first, start, range(20), 10, (0.03, 0.07))  # the first worker owns acme
     learned_first = first.anomaly.state_of(key)
     assert learned_first is not None and learned_first.intervals == 19  # minutes 0-18 closed
+    first.anomaly.partitions_moved()  # what the worker's rebalance listener says
     await play(second, start, range(20, 40), 10, (0.03, 0.07))  # the partition moved
     by_second = second.anomaly.state_of(key)
     # Loaded from Redis, then learned on: minutes 20-38 (minute 19 was split by the move, and
@@ -279,3 +280,25 @@ async def test_a_dearer_model_at_night_pages_once_its_run_cost_min_spend_across_
     assert alert.event_time == rfc3339(start + 38 * MINUTE_MS)
     assert "7 intervals of 1m in a row above normal" in alert.message
     assert "a call, usually $0.0005 (16" in alert.message, alert.message
+
+
+async def test_a_gap_is_checked_against_redis_only_after_partitions_moved(
+    pipeline_deps_factory: Callable[[str], Deps], redis: Redis
+) -> None:
+    rules = "anomaly: {scopes: [tenant], warmup: 20, persist_every: 1, outliers: null}\n"
+    deps = with_models(pipeline_deps_factory(rules), redis)
+    watch = deps.anomaly
+    assert watch is not None
+    start = now_ms() - 90 * MINUTE_MS
+    start -= start % MINUTE_MS
+    await play(deps, start, range(3), 10, (0.03, 0.07))
+    first_reads = watch.stats.index_reads
+    assert first_reads == 1  # the first sight of acme
+    # Minutes 10-12 after a gap: this worker kept its partitions, so its state is current.
+    await play(deps, start, range(10, 13), 10, (0.03, 0.07))
+    assert watch.stats.index_reads == first_reads
+    watch.partitions_moved()
+    await play(deps, start, range(20, 23), 10, (0.03, 0.07))
+    assert watch.stats.index_reads == first_reads + 1
+    state = watch.state_of(("acme", Scope.tenant, "acme"))
+    assert state is not None and state.last_start_ms == start + 21 * MINUTE_MS
