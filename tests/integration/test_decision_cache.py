@@ -11,8 +11,9 @@ from collections.abc import Callable
 import aiohttp
 from redis.asyncio import Redis
 
+from detector import keys
 from detector.config import Settings
-from detector.decisions.policy import manual_decision
+from detector.decisions.policy import STRICTNESS, manual_decision
 from detector.decisions.store import DecisionStore
 from detector.schemas import Action, Decision, Scope
 from detector.timefmt import rfc3339
@@ -89,3 +90,30 @@ async def test_lost_subscription_falls_back_to_redis(
         await redis.client_kill_filter(_type="pubsub")
         await store.save([block("u2")], now())
         await becomes(http, base, "u2", "block")
+
+
+async def test_an_unannounced_change_is_served_within_the_maximum_age(
+    redis: Redis, settings_factory: Callable[..., Settings]
+) -> None:
+    """The staleness bound when an announcement is lost with the subscription still up: a
+    decision written to Redis without its message is not seen at once (the answer comes from
+    memory), and is seen once the cached entry is older than the maximum age."""
+    max_age_s = 1.5
+    settings = settings_factory(api_cache_max_age_s=max_age_s)
+    decision = block("u3")
+    async with serve_api(settings, redis) as base, aiohttp.ClientSession() as http:
+        assert await answer(http, base, "u3") == "allow"  # cached: no decision
+        cached_at = time.monotonic()
+        # The decision as the store writes it, minus the announcement on the channel.
+        await redis.hset(
+            keys.decision_key("acme", Scope.user, "u3"),
+            mapping={
+                "rank": int(STRICTNESS[Action.block]),
+                "until_ms": decision.until_ms,
+                "json": decision.model_dump_json(),
+            },
+        )
+        assert await answer(http, base, "u3") == "allow"  # still from memory
+        waited = await becomes(http, base, "u3", "block", timeout_s=max_age_s + 3)
+        seen_after_s = time.monotonic() - cached_at
+        assert max_age_s - 0.3 <= seen_after_s <= max_age_s + 3, (waited, seen_after_s)
