@@ -30,6 +30,7 @@ from detector import keys
 from detector.anomaly.watch import AnomalyWatch
 from detector.config import Settings
 from detector.decisions.store import DecisionStore
+from detector.errors import BadEvent
 from detector.pipeline import Deps, handle_batch
 from detector.pricing import PriceTable
 from detector.reports.digest import DigestSender
@@ -47,6 +48,9 @@ REDIS_REPLY_TIMEOUT_S = 20.0  # far above any batch's Lua time (tens of ms per c
 REDIS_CONNECT_TIMEOUT_S = 5.0
 COLLECT_POLL_MS = 10  # poll interval while a batch runs and the next one is being collected
 OUTBOX_SWEEP_S = 60.0  # how often the worker forwards tenants' leftover global contributions
+# Dead-letter reason of an event the pipeline failed on (a bug, not bad input): it may have
+# been counted in part; the dedup marks keep a replay of it from counting twice.
+PROCESSING_FAILED = "processing_failed"
 STOP_RECANCEL_S = 0.5  # at stop, batches not yet stopped are cancelled again this often
 Polled = dict[TopicPartition, list[ConsumerRecord[Any, Any]]]
 
@@ -235,11 +239,36 @@ class EventsConsumer:
     async def _process_one_by_one(
         self, records: Sequence[ConsumerRecord[Any, Any]], deps: Deps
     ) -> None:
+        """After a batch hit a bug: each event alone, so that one bad event does not hold the
+        rest. An event that hits the bug again goes to the dead-letter topic with the error as
+        its reason; one that meets unreachable stores is held and retried like a batch (it was
+        skipped before, and its offset committed with the others: spend lost)."""
         for r in records:
-            try:
-                await handle_batch([(r.key, r.value)], deps, now_ms())
-            except Exception:
-                log.exception("event failed at %s[%s]@%s; skipped", r.topic, r.partition, r.offset)
+            delay_s = 0.2
+            while True:
+                try:
+                    await _alone(r, deps)
+                except (RedisError, KafkaError, OSError) as exc:
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():
+                        raise
+                    log.warning("event held, retrying in %.1fs: %r", delay_s, exc)
+                    await asyncio.sleep(delay_s)
+                    delay_s = min(delay_s * 2, RETRY_MAX_S)
+                    continue
+                break
+
+
+async def _alone(r: ConsumerRecord[Any, Any], deps: Deps) -> None:
+    """One event through the pipeline; on a bug, to the dead-letter topic (store errors rise)."""
+    try:
+        await handle_batch([(r.key, r.value)], deps, now_ms())
+    except (RedisError, KafkaError, OSError):
+        raise
+    except Exception as exc:
+        log.exception("event at %s[%s]@%s failed; dead-lettered", r.topic, r.partition, r.offset)
+        failed = BadEvent(PROCESSING_FAILED, f"{type(exc).__name__}: {exc}"[:500])
+        await deps.kafka.send_dead_letters([(r.key, r.value, failed)])
 
 
 class _MovedPartitions(ConsumerRebalanceListener):  # type: ignore[misc]
