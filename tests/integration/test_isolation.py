@@ -15,6 +15,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from detector import keys
 from detector.pipeline import Deps
+from detector.rules.holder import RulesHolder
 from detector.schemas import Scope
 from detector.windows.counters import ApplyResult, PricedEvent, WindowStore
 from detector.worker import PROCESSING_FAILED, EventsConsumer
@@ -65,7 +66,8 @@ async def test_a_bug_dead_letters_one_event_and_the_rest_count_once(
     records = await read_topic(settings, keys.TOPIC_EVENTS, 3)
     assert len(records) == 3
 
-    await EventsConsumer(settings, deps.rules, deps.prices)._process(records, deps)
+    worker = EventsConsumer(settings, RulesHolder(settings.rules), deps.prices)
+    await worker._process(records, deps)
 
     [tenant] = await windows.read_windows([("acme", Scope.tenant, "acme", "1h")], now_ms)
     assert tenant["requests"] == 2 and tenant["cost_usd"] == 0.75  # ok and blip, once each
