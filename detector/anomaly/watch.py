@@ -80,11 +80,13 @@ class AnomalyWatch:
         # Entities whose state in memory this process has kept current since its partitions
         # last moved: no other worker can have learned on them meanwhile.
         self._current: set[EntityKey] = set()
+        self._moves = 0  # times partitions were taken from this worker
         self.stats = WatchStats()
 
     def partitions_moved(self) -> None:
         """Partitions were taken from this worker (a rebalance): another worker may learn on
         any entity from now on, so every state held is checked against Redis before use."""
+        self._moves += 1
         self._current.clear()
 
     async def observe_batch(
@@ -174,7 +176,11 @@ class AnomalyWatch:
         self, rules: RuleSet, rule: AnomalyRule, closed: list[ClosedInterval], now_ms: int
     ) -> list[Outcome]:
         groups = group_by_entity(closed)
+        moves = self._moves
         await self._ready_states(rule, groups, now_ms)
+        # A batch that was running when partitions moved may judge entities of a partition
+        # now elsewhere: those states are not known to be current, so none is marked so.
+        current = self._current if self._moves == moves else set()
         sig = signature(rule)
         hits: list[IntervalHit] = []
         changed: dict[EntityKey, EntityState] = {}
@@ -191,7 +197,7 @@ class AnomalyWatch:
                 state.last_start_ms = iv.start_ms
                 state.unsaved += 1
             state.signature = sig
-            self._current.add(key)
+            current.add(key)
             if state.unsaved >= rule.persist_every:
                 changed[key] = state
         self.stats.intervals_scored += len(closed)

@@ -8,6 +8,7 @@ import dataclasses
 import random
 import time
 from collections.abc import Callable
+from typing import Any
 
 import orjson
 from redis.asyncio import Redis
@@ -302,3 +303,34 @@ async def test_a_gap_is_checked_against_redis_only_after_partitions_moved(
     assert watch.stats.index_reads == first_reads + 1
     state = watch.state_of(("acme", Scope.tenant, "acme"))
     assert state is not None and state.last_start_ms == start + 21 * MINUTE_MS
+
+
+class MovedMidBatch(AnomalyWatch):
+    """Partitions are taken away while a batch waits on Redis for its states (a rebalance
+    landing in the middle of a running batch)."""
+
+    move_next = False
+
+    async def _ready_states(self, *args: Any, **kwargs: Any) -> None:
+        await super()._ready_states(*args, **kwargs)
+        if self.move_next:
+            self.move_next = False
+            self.partitions_moved()
+
+
+async def test_a_batch_running_when_partitions_move_marks_no_state_current(
+    pipeline_deps_factory: Callable[[str], Deps], redis: Redis
+) -> None:
+    rules = "anomaly: {scopes: [tenant], warmup: 20, persist_every: 1, outliers: null}\n"
+    base = pipeline_deps_factory(rules)
+    watch = MovedMidBatch(redis, base.decisions)
+    deps = dataclasses.replace(base, anomaly=watch)
+    start = now_ms() - 90 * MINUTE_MS
+    start -= start % MINUTE_MS
+    await play(deps, start, range(3), 10, (0.03, 0.07))
+    watch.move_next = True  # the batch closing minute 2 is caught by the move
+    await play(deps, start, range(3, 4), 10, (0.03, 0.07))
+    reads = watch.stats.index_reads
+    # After a gap, the state judged by the caught batch is checked against Redis again.
+    await play(deps, start, range(10, 12), 10, (0.03, 0.07))
+    assert watch.stats.index_reads == reads + 1
