@@ -62,7 +62,7 @@ def test_score_with_a_named_detector_and_sensitivity(data_dir: Path) -> None:
         (
             ["anomaly/spike.csv", "--detector", "prophet"],
             "--detector: unknown detector 'prophet'; allowed: default, combined, robust, seasonal, "
-            "level, record",
+            "level, novelty, record",
         ),
         (
             ["anomaly/spike.csv", "--sensitivity", "1.5"],
