@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections import Counter, deque
+from collections import deque
 
 import numpy as np
 
@@ -42,12 +42,9 @@ QUIET_ROWS = 80
 WARM_ROWS = 300
 _EXPONENT = 6
 _DETECTION = 0.5
-# Transition surprise: value bins of 1/BINS of the range seen in the first WARM_ROWS rows.
-BINS = 20
-_PSEUDO_COUNT = 0.1
 
 
-def novelty_score(distance: float, reference: float, scale: float = SCALE) -> float:
+def novelty_score(distance: float, reference: float) -> float:
     """Score in [0, 1] of a window `distance` from all seen, against the fading maximum.
 
     >>> novelty_score(0.0, 1.0), novelty_score(1.0, 0.0)
@@ -57,50 +54,8 @@ def novelty_score(distance: float, reference: float, scale: float = SCALE) -> fl
     """
     if reference <= 0.0:
         return 0.0
-    r = min(1e6, scale * distance / reference) ** _EXPONENT
+    r = min(1e6, SCALE * distance / reference) ** _EXPONENT
     return r / (1.0 + r)
-
-
-class TransitionSurprise:
-    """First-order Markov chain over value bins: -log P(this row's bin | the last row's bin).
-
-    Bins are fixed once, from the first rows' range (values beyond it get bins of their own),
-    so a jump between levels that never followed each other is surprising wherever it lands.
-    """
-
-    def __init__(self, bins: int = BINS) -> None:
-        self.bins = bins
-        self.low = 0.0
-        self.width = 0.0  # 0 until fitted
-        self.pairs: Counter[tuple[int, int]] = Counter()
-        self.starts: Counter[int] = Counter()
-        self.last = 0
-
-    def fit(self, history: list[float]) -> None:
-        low, high = min(history), max(history)
-        self.low = low
-        self.width = (high - low) / self.bins if high > low else 1.0
-        cells = [self.cell(x) for x in history]
-        for a, b in zip(cells, cells[1:], strict=False):
-            self.pairs[a, b] += 1
-            self.starts[a] += 1
-        self.last = cells[-1]
-
-    def cell(self, x: float) -> int:
-        return math.floor((x - self.low) / self.width)
-
-    def surprise(self, x: float) -> float:
-        """-log of the smoothed probability of moving from the last row's bin to x's (0 unfit)."""
-        if self.width == 0.0:
-            return 0.0
-        seen = self.pairs[self.last, self.cell(x)] + _PSEUDO_COUNT
-        return -math.log(seen / (self.starts[self.last] + _PSEUDO_COUNT * self.bins))
-
-    def learn(self, x: float) -> None:
-        cell = self.cell(x)
-        self.pairs[self.last, cell] += 1
-        self.starts[self.last] += 1
-        self.last = cell
 
 
 class WindowMemory:
@@ -146,11 +101,7 @@ class NoveltyModel:
         self.reference = 0.0  # fading maximum of the learned rows' distances
         self.last_hit = -(10**9)  # row number of the last detection
         self.hit_score = 0.0
-        self.transitions = TransitionSurprise()
-        self.first_rows: list[float] = []  # until the transitions are fitted
-        self.top_surprise = 0.0  # largest transition surprise of the learned rows
-        # ts, x, distance, surprise, raw score of the row last scored
-        self._scored: tuple[float, float, float, float, float] | None = None
+        self._scored: tuple[float, float, float, float] | None = None  # ts, x, distance, raw
 
     def _window(self, x: float) -> np.ndarray | None:
         if len(self.recent) < (self.recent.maxlen or 0):
@@ -165,51 +116,38 @@ class NoveltyModel:
             return 0.0
         return self.memory.nearest(window) / span
 
-    def _raw(self, ts: float, x: float) -> tuple[Verdict, float, float, float]:
-        """The record verdict, the row's distance and surprise, its score before the quiet."""
+    def _raw(self, ts: float, x: float) -> tuple[Verdict, float, float]:
+        """The record verdict, the row's distance and its score before the quiet spell."""
         verdict = self.model.score_one(ts, x)
         distance = self._distance(self._window(x))
-        surprise = self.transitions.surprise(x)
         raw = verdict.score
         if self.n >= WARM_ROWS:
-            raw = max(
-                raw,
-                novelty_score(distance, self.reference),
-                novelty_score(surprise, self.top_surprise, 1.0),
-            )
-        return verdict, distance, surprise, raw
+            raw = max(raw, novelty_score(distance, self.reference))
+        return verdict, distance, raw
 
     def _quiet(self, raw: float) -> bool:
         return self.n - self.last_hit <= self.quiet_rows and raw <= self.hit_score
 
     def score_one(self, ts: float, x: float) -> Verdict:
-        verdict, distance, surprise, raw = self._raw(ts, x)
-        self._scored = (ts, x, distance, surprise, raw)
+        verdict, distance, raw = self._raw(ts, x)
+        self._scored = (ts, x, distance, raw)
         return dataclasses.replace(verdict, score=0.0 if self._quiet(raw) else raw)
 
     def learn_one(self, ts: float, x: float, *, calibrate: bool = True) -> None:
         _check_finite(x)
         scored = self._scored
         if scored is not None and scored[0] == ts and scored[1] == x:
-            distance, surprise, raw = scored[2:]
+            distance, raw = scored[2], scored[3]
         else:
-            _, distance, surprise, raw = self._raw(ts, x)
+            _, distance, raw = self._raw(ts, x)
         self._scored = None
         if not self._quiet(raw) and raw >= _DETECTION:
             self.last_hit, self.hit_score = self.n, raw
         if self.n >= WARM_ROWS // 2:
             self.reference = max(self.reference * FADE_PER_ROW, distance)
-            self.top_surprise = max(self.top_surprise, surprise)
-        if self.n < WARM_ROWS:
-            self.first_rows.append(x)
-        else:
-            self.transitions.learn(x)
         window = self._window(x)
         if window is not None and self.n % self.block_rows == 0:
             self.memory.add(window)
         self.recent.append(x)
         self.model.learn_one(ts, x, calibrate=calibrate)
         self.n += 1
-        if self.n == WARM_ROWS:
-            self.transitions.fit(self.first_rows)
-            self.first_rows = []
