@@ -8,10 +8,11 @@ resonance over short windows, the best published NAB detector), in a much plaine
 - the last `BLOCKS` blocks of `BLOCK_ROWS` rows, each block by its mean, form the row's window
   (the newest block ends at the row being scored, so a window exists at every row);
 - every `BLOCK_ROWS` learned rows, the current window is stored in a memory of everything seen;
-- the row's distance is the smallest, over the memory, of the largest per-block difference,
-  divided by the range the series has covered so far (so it is in shares of the range);
+- the row's distance is the smallest, over the memory, of the largest per-block difference
+  (in the series' own units);
 - it is judged against the largest distance of the learned rows, a maximum that fades by
   `FADE_PER_ROW` per row: `r = SCALE * distance / that maximum`, novelty score `r^6 / (1 + r^6)`.
+  So the score is relative to the series' own recent novelty and needs no scale of its own.
 
 The row's score is the larger of the record model's and the novelty score. After a detection
 (score >= 0.5), rows up to `QUIET_ROWS` later that do not beat its score score 0: NAB rewards only
@@ -34,9 +35,9 @@ from detector.anomaly.records import RecordModel
 from detector.anomaly.univariate import Verdict, _check_finite
 
 BLOCK_ROWS = 6
-BLOCKS = 8
+BLOCKS = 6
 SCALE = 1.4
-FADE_PER_ROW = 0.9995  # the reference maximum halves in about 1,400 rows
+FADE_PER_ROW = 0.9997  # the reference maximum halves in about 2,300 rows
 QUIET_ROWS = 80
 # Rows learned before the novelty score counts (its reference is built from row WARM_ROWS // 2).
 WARM_ROWS = 300
@@ -111,10 +112,9 @@ class NoveltyModel:
         return means
 
     def _distance(self, window: np.ndarray | None) -> float:
-        span = self.model.high - self.model.low
-        if window is None or self.memory.n == 0 or not span > 0.0:
+        if window is None or self.memory.n == 0:
             return 0.0
-        return self.memory.nearest(window) / span
+        return self.memory.nearest(window)
 
     def _raw(self, ts: float, x: float) -> tuple[Verdict, float, float]:
         """The record verdict, the row's distance and its score before the quiet spell."""
