@@ -1,11 +1,11 @@
 """NAB evaluation: validate our scorer on published outputs, then score our detectors.
 
-    python benches/anomaly/nab.py [--detectors record,robust] [--nab /work/shared/data/nab]
+    python benches/anomaly/nab.py [--detectors novelty,robust] [--nab /work/shared/data/nab]
 
 Prints (1) our scorer's normalised scores for detectors whose per-row outputs NAB publishes,
 beside NAB's own figures, (2) each of our univariate detectors over all 58 series (by default
-`record`, the default of `detector anomaly score`, then the four the worker can run), and (3)
-the published table with ours inserted.
+`novelty`, the default of `detector anomaly score`, then `record` and the four the worker can
+run), and (3) the published table with ours inserted.
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ def run_detector(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nab", type=Path, default=DEFAULT_NAB)
-    parser.add_argument("--detectors", default="record,combined,robust,seasonal,level")
+    parser.add_argument("--detectors", default="novelty,record,combined,robust,seasonal,level")
     parser.add_argument("--sensitivity", type=float, default=0.5)
     parser.add_argument("--skip-validation", action="store_true")
     args = parser.parse_args(argv)

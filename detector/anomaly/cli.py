@@ -22,7 +22,8 @@ def score(
     detector: Annotated[
         str,
         typer.Option(
-            "--detector", help="default (record), record, combined, robust, seasonal or level."
+            "--detector",
+            help="default (novelty), novelty, record, combined, robust, seasonal or level.",
         ),
     ] = "default",
     sensitivity: Annotated[

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Protocol
 
 from detector.anomaly.multivariate import HSTDetector
+from detector.anomaly.novelty import NoveltyModel
 from detector.anomaly.records import RecordModel
 from detector.anomaly.univariate import (
     CombinedModel,
@@ -52,13 +53,14 @@ class MultivariateDetector(Protocol):
 
 UNIVARIATE: tuple[str, ...] = ("combined", "robust", "seasonal", "level")
 MULTIVARIATE: tuple[str, ...] = ("hst",)
-# Scores a file in `detector anomaly score` but not the worker's intervals: its score says "new
-# record" for rows inside the band (see records.py), and the worker alerts on the band.
-SERIES_ONLY: tuple[str, ...] = ("record",)
+# Score a file in `detector anomaly score` but not the worker's intervals: their scores say "new
+# record" or "new shape" for rows inside the band (records.py, novelty.py), and the worker alerts
+# on the band.
+SERIES_ONLY: tuple[str, ...] = ("novelty", "record")
 # The best of the worker's detectors on NAB (benches/anomaly/nab.py, benches/anomaly/README.md).
 DEFAULT_UNIVARIATE = "combined"
 # What `detector anomaly score` runs by default: the best on NAB of all of them.
-DEFAULT_SERIES = "record"
+DEFAULT_SERIES = "novelty"
 
 
 def _check(interval_s: int, warmup: int | None, sensitivity: float) -> None:
@@ -81,6 +83,8 @@ def make_univariate(
     chosen = DEFAULT_UNIVARIATE if name == "default" else name
     if chosen == "combined":
         return CombinedModel(sensitivity=sensitivity, interval_s=interval_s, warmup=warmup)
+    if chosen == "novelty":
+        return NoveltyModel(sensitivity=sensitivity, interval_s=interval_s, warmup=warmup)
     if chosen == "record":
         return RecordModel(sensitivity=sensitivity, interval_s=interval_s, warmup=warmup)
     if chosen == "level":
