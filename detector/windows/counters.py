@@ -295,6 +295,9 @@ _FORWARD_LUA = (
     + """
 local added = 0
 local size = WIDTH * 8
+-- Contributions to the same bucket (every tenant's to the global minute, hour, ...) are summed
+-- here first and written once each at the end: one GET and SET per bucket, not per tenant.
+local sums, ttls, order = {}, {}, {}
 for _, r in ipairs(cjson.decode(ARGV[1])) do
   local tenant, seq = r[1], r[2]
   redis.call('SADD', KEYS[2], tenant)
@@ -302,14 +305,16 @@ for _, r in ipairs(cjson.decode(ARGV[1])) do
     redis.call('HSET', KEYS[1], tenant, int(seq))
     local c = cjson.decode(r[3])
     for _, b in ipairs(c.k) do
-      local values = b[3]
-      local packed = redis.call('GET', b[1])
-      if packed then
-        if #packed < size then packed = packed .. string.rep('\\0', size - #packed) end
-        local now = {struct.unpack(FORMAT, packed)}
-        for f = 1, WIDTH do values[f] = values[f] + now[f] end
+      local key, values = b[1], b[3]
+      local acc = sums[key]
+      if not acc then
+        acc = {}
+        for f = 1, WIDTH do acc[f] = 0 end
+        sums[key] = acc
+        order[#order + 1] = key
       end
-      redis.call('SET', b[1], struct.pack(FORMAT, unpack(values, 1, WIDTH)), 'PX', int(b[2]))
+      for f = 1, WIDTH do acc[f] = acc[f] + values[f] end
+      ttls[key] = b[2]  -- as when written one by one: the last contribution's lifetime
     end
     for _, group in ipairs(c.z) do
       local key, flat = group[1], group[3]
@@ -325,6 +330,16 @@ for _, r in ipairs(cjson.decode(ARGV[1])) do
     end
     added = added + 1
   end
+end
+for _, key in ipairs(order) do
+  local acc = sums[key]
+  local packed = redis.call('GET', key)
+  if packed then
+    if #packed < size then packed = packed .. string.rep('\\0', size - #packed) end
+    local now = {struct.unpack(FORMAT, packed)}
+    for f = 1, WIDTH do acc[f] = acc[f] + now[f] end
+  end
+  redis.call('SET', key, struct.pack(FORMAT, unpack(acc, 1, WIDTH)), 'PX', int(ttls[key]))
 end
 local counts = {}
 for i, names in ipairs(cjson.decode(ARGV[2])) do
