@@ -223,11 +223,23 @@ end
 local counts = {}
 for i, names in ipairs(p.c) do counts[i] = redis.call('PFCOUNT', unpack(names)) end
 if p.r ~= '' then
+  -- Most events have no reservation: one EXISTS per chunk of ids tells, instead of two
+  -- commands per event.
   for _, group in ipairs(p.s) do
-    for _, id in ipairs(group[2]) do
-      local index = p.r .. id
-      for _, hold in ipairs(redis.call('LRANGE', index, 0, -1)) do redis.call('HDEL', hold, id) end
-      redis.call('DEL', index)
+    local ids = group[2]
+    for i = 1, #ids, CHUNK do
+      local last = math.min(i + CHUNK - 1, #ids)
+      local names = {}
+      for j = i, last do names[#names + 1] = p.r .. ids[j] end
+      if redis.call('EXISTS', unpack(names)) > 0 then
+        for j = i, last do
+          local index = names[j - i + 1]
+          for _, hold in ipairs(redis.call('LRANGE', index, 0, -1)) do
+            redis.call('HDEL', hold, ids[j])
+          end
+          redis.call('DEL', index)
+        end
+      end
     end
   end
 end
