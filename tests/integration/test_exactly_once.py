@@ -125,3 +125,47 @@ async def test_sigkill_mid_stream_counts_every_event_once(
     for (tenant, entity), metrics in zip(expected, sums, strict=True):
         got_micros = round(metrics["cost_usd"] * 1_000_000)
         assert got_micros == expected[(tenant, entity)], (tenant, entity)
+
+
+@pytest.mark.timeout(360)
+async def test_sigterm_mid_stream_stops_cleanly_and_counts_every_event_once(
+    settings_factory: Callable[..., Settings],
+    kafka_topics: Settings,
+    redis: Redis,
+    worker_factory: WorkerStarter,
+    tmp_path: Path,
+) -> None:
+    """A worker asked to stop while batches are in flight stops them before it closes its
+    clients: it exits within seconds, nothing of it runs on (no batch held and retried after
+    the stop), and the next worker counts the rest exactly once."""
+    (tmp_path / "rules.yaml").write_text("rules: []\n")
+    settings = settings_factory(batch_max_events=500)
+    now_ms = time.time_ns() // 1_000_000
+    values, keys_, expected = build_stream(now_ms)
+    await produce(settings, values, keys_)
+    store = WindowStore(redis, settings.dedup_horizon_s)
+
+    for n, stop_at in enumerate((N_EVENTS // 4, (N_EVENTS * 3) // 5)):
+        proc, log_path = await worker_factory(settings, f"worker-{n}")
+        deadline = time.monotonic() + 90
+        while await applied_count(store, now_ms) < stop_at:
+            assert time.monotonic() < deadline, f"worker {n} stalled; see {tmp_path}"
+            assert proc.returncode is None, f"worker {n} exited; see {tmp_path}"
+            await asyncio.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), timeout=30)
+        log = log_path.read_text(errors="replace")
+        assert "held, retrying" not in log, log[-3000:]
+        assert "Traceback" not in log, log[-3000:]
+
+    final, _ = await worker_factory(settings, "worker-final")
+    deadline = time.monotonic() + 120
+    while await applied_count(store, now_ms) < N_EVENTS:
+        assert time.monotonic() < deadline, f"final worker stalled; see {tmp_path}"
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(2.0)  # anything counted twice would show up now
+    final.send_signal(signal.SIGTERM)
+    await asyncio.wait_for(final.wait(), timeout=30)
+    assert await applied_count(store, now_ms) == N_EVENTS
+    [total] = await store.read_windows([("_global", Scope.global_, "all", "7d")], now_ms)
+    assert round(total["cost_usd"] * 1_000_000) == expected[("_global", "all")]
