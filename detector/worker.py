@@ -52,6 +52,8 @@ OUTBOX_SWEEP_S = 60.0  # how often the worker forwards tenants' leftover global 
 # been counted in part; the dedup marks keep a replay of it from counting twice.
 PROCESSING_FAILED = "processing_failed"
 STOP_RECANCEL_S = 0.5  # at stop, batches not yet stopped are cancelled again this often
+# The stores are unreachable: the work is held and retried, never skipped.
+STORE_ERRORS = (RedisError, KafkaError, OSError)
 Polled = dict[TopicPartition, list[ConsumerRecord[Any, Any]]]
 
 
@@ -209,10 +211,9 @@ class EventsConsumer:
         while True:
             try:
                 result = await handle_batch([(r.key, r.value) for r in records], deps, now_ms())
-            except (RedisError, KafkaError, OSError) as exc:
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    raise  # the worker is stopping: an error now is no reason to try again
+            except STORE_ERRORS as exc:
+                if _stopping():
+                    raise  # an error now is no reason to try again
                 # The stores are unreachable: hold the batch and retry; nothing is committed,
                 # and the dedup marks make the retry safe.
                 log.warning("batch of %d held, retrying in %.1fs: %r", len(records), delay_s, exc)
@@ -248,9 +249,8 @@ class EventsConsumer:
             while True:
                 try:
                     await _alone(r, deps)
-                except (RedisError, KafkaError, OSError) as exc:
-                    task = asyncio.current_task()
-                    if task is not None and task.cancelling():
+                except STORE_ERRORS as exc:
+                    if _stopping():
                         raise
                     log.warning("event held, retrying in %.1fs: %r", delay_s, exc)
                     await asyncio.sleep(delay_s)
@@ -263,12 +263,18 @@ async def _alone(r: ConsumerRecord[Any, Any], deps: Deps) -> None:
     """One event through the pipeline; on a bug, to the dead-letter topic (store errors rise)."""
     try:
         await handle_batch([(r.key, r.value)], deps, now_ms())
-    except (RedisError, KafkaError, OSError):
+    except STORE_ERRORS:
         raise
     except Exception as exc:
         log.exception("event at %s[%s]@%s failed; dead-lettered", r.topic, r.partition, r.offset)
         failed = BadEvent(PROCESSING_FAILED, f"{type(exc).__name__}: {exc}"[:500])
         await deps.kafka.send_dead_letters([(r.key, r.value, failed)])
+
+
+def _stopping() -> bool:
+    """True when the running task is being cancelled: the worker is stopping."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 class _MovedPartitions(ConsumerRebalanceListener):  # type: ignore[misc]
