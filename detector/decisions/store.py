@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from enum import StrEnum
-from typing import Any
 
 from redis.asyncio import Redis
 
@@ -113,12 +112,7 @@ class DecisionStore:
         """Store enforced decisions in one round trip; say for each whether it changed anything."""
         if not decisions:
             return []
-        # `async with`, as for every pipeline that runs scripts (windows/counters.py says why).
-        async with self._redis.pipeline(transaction=False) as pipe:
-            replies = await self._queue_upserts(pipe, decisions, now_ms)
-        return [Change(r.decode() if isinstance(r, bytes) else r) for r in replies]
-
-    async def _queue_upserts(self, pipe: Any, decisions: Sequence[Decision], now_ms: int) -> Any:
+        pipe = self._redis.pipeline(transaction=False)
         for d in decisions:
             await self._upsert(
                 keys=[
@@ -136,7 +130,13 @@ class DecisionStore:
                 ],
                 client=pipe,
             )
-        return await pipe.execute()
+        try:
+            replies = await pipe.execute()
+        finally:
+            # A pipeline that runs scripts can keep a connection when cut off before its own
+            # try block (see WindowStore._execute); reset() gives it back.
+            await pipe.reset()  # type: ignore[no-untyped-call, unused-ignore]
+        return [Change(r.decode() if isinstance(r, bytes) else r) for r in replies]
 
     async def lookup(
         self, entities: Sequence[tuple[str, Scope, str]], now_ms: int
