@@ -338,8 +338,6 @@ def _judge(rule: AnomalyRule, state: EntityState, iv: ClosedInterval) -> Interva
             # No model is warm this early, so none could find this interval anomalous: it is
             # learned, as the model would learn it, once the model exists.
             state.cold.extend((ts_s, x))
-            state.anomalous_run, state.run_excess_usd = 0, 0.0
-            state.episode = state.episode_paged = False
             state.learned(x, iv.parts, iv.requests)
             state.intervals += 1
             return None
