@@ -19,7 +19,7 @@ from detector.config import Settings
 from detector.schemas import Scope
 from detector.windows.counters import WindowStore
 
-from .conftest import WorkerStarter, produce
+from .conftest import WorkerStarter, produce, wait_for
 
 N_EVENTS = 20_000
 TENANTS = ("acme", "globex", "initech")
@@ -67,6 +67,36 @@ async def applied_count(store: WindowStore, now_ms: int) -> int:
     return int(total["requests"])
 
 
+async def run_until(
+    store: WindowStore,
+    now_ms: int,
+    proc: asyncio.subprocess.Process,
+    count: int,
+    timeout_s: float,
+    what: str,
+    every_s: float,
+) -> None:
+    """Wait until `count` events are applied; fail if the worker exits or stalls first."""
+
+    async def reached() -> bool:
+        assert proc.returncode is None, f"{what} exited"
+        return await applied_count(store, now_ms) >= count
+
+    await wait_for(reached, timeout_s, what, every_s)
+
+
+async def finish_and_check_once(
+    worker_factory: WorkerStarter, settings: Settings, store: WindowStore, now_ms: int, logs: Path
+) -> None:
+    """A last worker counts the rest; after a pause nothing has been counted twice."""
+    final, _ = await worker_factory(settings, "worker-final")
+    await run_until(store, now_ms, final, N_EVENTS, 120, f"the final worker (see {logs})", 0.1)
+    await asyncio.sleep(2.0)  # anything counted twice would show up now
+    final.send_signal(signal.SIGTERM)
+    await asyncio.wait_for(final.wait(), timeout=30)
+    assert await applied_count(store, now_ms) == N_EVENTS
+
+
 @pytest.mark.timeout(360)
 async def test_sigkill_mid_stream_counts_every_event_once(
     settings_factory: Callable[..., Settings],
@@ -83,19 +113,11 @@ async def test_sigkill_mid_stream_counts_every_event_once(
     await produce(settings, values, keys_)
     store = WindowStore(redis, settings.dedup_horizon_s)
 
-    async def start_worker(n: int) -> asyncio.subprocess.Process:
-        proc, _ = await worker_factory(settings, f"worker-{n}")
-        return proc
-
     kills = 0
     t0 = time.monotonic()
     for n, kill_at in enumerate((N_EVENTS // 5, N_EVENTS // 2, (N_EVENTS * 4) // 5)):
-        proc = await start_worker(n)
-        deadline = time.monotonic() + 90
-        while await applied_count(store, now_ms) < kill_at:
-            assert time.monotonic() < deadline, f"worker {n} stalled; see {tmp_path}"
-            assert proc.returncode is None, f"worker {n} exited; see {tmp_path}"
-            await asyncio.sleep(0.02)
+        proc, _ = await worker_factory(settings, f"worker-{n}")
+        await run_until(store, now_ms, proc, kill_at, 90, f"worker {n} (see {tmp_path})", 0.02)
         at = await applied_count(store, now_ms)
         print(f"{time.monotonic() - t0:.1f}s: worker {n} killed with {at} events applied")
         proc.send_signal(signal.SIGKILL)
@@ -103,16 +125,7 @@ async def test_sigkill_mid_stream_counts_every_event_once(
         kills += 1
     assert kills == 3
 
-    final = await start_worker(99)
-    deadline = time.monotonic() + 120
-    while await applied_count(store, now_ms) < N_EVENTS:
-        assert time.monotonic() < deadline, f"final worker stalled; see {tmp_path}"
-        await asyncio.sleep(0.1)
-    await asyncio.sleep(2.0)  # anything counted twice would show up now
-    final.send_signal(signal.SIGTERM)
-    await asyncio.wait_for(final.wait(), timeout=30)
-
-    assert await applied_count(store, now_ms) == N_EVENTS
+    await finish_and_check_once(worker_factory, settings, store, now_ms, tmp_path)
     reads = []
     for tenant, entity in expected:
         if tenant == "_global":
@@ -147,25 +160,13 @@ async def test_sigterm_mid_stream_stops_cleanly_and_counts_every_event_once(
 
     for n, stop_at in enumerate((N_EVENTS // 4, (N_EVENTS * 3) // 5)):
         proc, log_path = await worker_factory(settings, f"worker-{n}")
-        deadline = time.monotonic() + 90
-        while await applied_count(store, now_ms) < stop_at:
-            assert time.monotonic() < deadline, f"worker {n} stalled; see {tmp_path}"
-            assert proc.returncode is None, f"worker {n} exited; see {tmp_path}"
-            await asyncio.sleep(0.01)
+        await run_until(store, now_ms, proc, stop_at, 90, f"worker {n} (see {tmp_path})", 0.01)
         proc.send_signal(signal.SIGTERM)
         await asyncio.wait_for(proc.wait(), timeout=30)
         log = log_path.read_text(errors="replace")
         assert "held, retrying" not in log, log[-3000:]
         assert "Traceback" not in log, log[-3000:]
 
-    final, _ = await worker_factory(settings, "worker-final")
-    deadline = time.monotonic() + 120
-    while await applied_count(store, now_ms) < N_EVENTS:
-        assert time.monotonic() < deadline, f"final worker stalled; see {tmp_path}"
-        await asyncio.sleep(0.1)
-    await asyncio.sleep(2.0)  # anything counted twice would show up now
-    final.send_signal(signal.SIGTERM)
-    await asyncio.wait_for(final.wait(), timeout=30)
-    assert await applied_count(store, now_ms) == N_EVENTS
+    await finish_and_check_once(worker_factory, settings, store, now_ms, tmp_path)
     [total] = await store.read_windows([("_global", Scope.global_, "all", "7d")], now_ms)
     assert round(total["cost_usd"] * 1_000_000) == expected[("_global", "all")]
