@@ -35,7 +35,7 @@ from detector.pipeline import Deps, handle_batch
 from detector.pricing import PriceTable
 from detector.reports.digest import DigestSender
 from detector.rules.holder import RulesHolder
-from detector.runtime import tune_gc
+from detector.runtime import raise_if_stopping, stopping, tune_gc
 from detector.sinks.kafka import KafkaSink
 from detector.sinks.outbox import AlertsConsumer
 from detector.sinks.slack import SlackClient, slack_configured
@@ -170,6 +170,7 @@ class EventsConsumer:
         polled: Polled = {}
         try:
             while True:
+                raise_if_stopping()
                 if time.monotonic() - swept_s > OUTBOX_SWEEP_S:
                     # The global contributions a stopped worker left in outboxes of tenants
                     # that sent nothing since (the others' go with their next batch); the
@@ -212,7 +213,7 @@ class EventsConsumer:
             try:
                 result = await handle_batch([(r.key, r.value) for r in records], deps, now_ms())
             except STORE_ERRORS as exc:
-                if _stopping():
+                if stopping():
                     raise  # an error now is no reason to try again
                 # The stores are unreachable: hold the batch and retry; nothing is committed,
                 # and the dedup marks make the retry safe.
@@ -250,7 +251,7 @@ class EventsConsumer:
                 try:
                     await _alone(r, deps)
                 except STORE_ERRORS as exc:
-                    if _stopping():
+                    if stopping():
                         raise
                     log.warning("event held, retrying in %.1fs: %r", delay_s, exc)
                     await asyncio.sleep(delay_s)
@@ -269,12 +270,6 @@ async def _alone(r: ConsumerRecord[Any, Any], deps: Deps) -> None:
         log.exception("event at %s[%s]@%s failed; dead-lettered", r.topic, r.partition, r.offset)
         failed = BadEvent(PROCESSING_FAILED, f"{type(exc).__name__}: {exc}"[:500])
         await deps.kafka.send_dead_letters([(r.key, r.value, failed)])
-
-
-def _stopping() -> bool:
-    """True when the running task is being cancelled: the worker is stopping."""
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
 
 
 class _MovedPartitions(ConsumerRebalanceListener):  # type: ignore[misc]

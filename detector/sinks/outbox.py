@@ -21,6 +21,7 @@ from redis.exceptions import RedisError
 
 from detector import keys
 from detector.config import Settings
+from detector.runtime import raise_if_stopping
 from detector.schemas import Alert
 from detector.sinks.notifier import Notifier
 from detector.sinks.slack import SlackClient
@@ -70,6 +71,7 @@ class AlertsConsumer:
         scanner = asyncio.create_task(self._scan(notifier)) if notifier is not None else None
         try:
             while True:
+                raise_if_stopping()
                 polled = await consumer.getmany(timeout_ms=500, max_records=500)
                 await listener.ready.wait()
                 records = [
@@ -111,6 +113,7 @@ class AlertsConsumer:
         """True once delivered; held and retried while Redis is unreachable; False on a bug."""
         delay_s = 0.5
         while True:
+            raise_if_stopping()
             try:
                 await notifier.deliver_batch(alerts)
                 return True
@@ -124,6 +127,7 @@ class AlertsConsumer:
 
     async def _scan(self, notifier: Notifier) -> None:
         while True:
+            raise_if_stopping()
             await asyncio.sleep(self.settings.slack_scan_interval_s)
             try:
                 await notifier.scan()

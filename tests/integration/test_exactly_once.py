@@ -62,6 +62,10 @@ def build_stream(
     return values, keys_, expected
 
 
+def log_tail(path: Path, chars: int = 12_000) -> str:
+    return path.read_text(errors="replace")[-chars:]
+
+
 async def applied_count(store: WindowStore, now_ms: int) -> int:
     [total] = await store.read_windows([("_global", Scope.global_, "all", "7d")], now_ms)
     return int(total["requests"])
@@ -162,7 +166,12 @@ async def test_sigterm_mid_stream_stops_cleanly_and_counts_every_event_once(
         proc, log_path = await worker_factory(settings, f"worker-{n}")
         await run_until(store, now_ms, proc, stop_at, 90, f"worker {n} (see {tmp_path})", 0.01)
         proc.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(proc.wait(), timeout=30)
+        try:
+            await asyncio.wait_for(proc.wait(), timeout=30)
+        except TimeoutError:
+            proc.send_signal(signal.SIGUSR1)  # faust's worker prints every task's stack
+            await asyncio.sleep(3)
+            pytest.fail(f"worker {n} still runs 30 s after SIGTERM:\n{log_tail(log_path)}")
         log = log_path.read_text(errors="replace")
         assert "held, retrying" not in log, log[-3000:]
         assert "Traceback" not in log, log[-3000:]
