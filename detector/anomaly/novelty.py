@@ -39,6 +39,7 @@ BLOCKS = 6
 SCALE = 1.4
 FADE_PER_ROW = 0.9997  # the reference maximum halves in about 2,300 rows
 QUIET_ROWS = 80
+MEMORY_WINDOWS = 20_000  # windows remembered (each BLOCK_ROWS rows apart)
 # Rows learned before the novelty score counts (its reference is built from row WARM_ROWS // 2).
 WARM_ROWS = 300
 _EXPONENT = 6
@@ -60,17 +61,33 @@ def novelty_score(distance: float, reference: float) -> float:
 
 
 class WindowMemory:
-    """Windows of block means seen so far; the distance of a new one to the nearest."""
+    """Windows of block means seen so far, the newest `capacity` of them; the distance of a new
+    one to the nearest.
 
-    def __init__(self, blocks: int) -> None:
-        self.rows = np.empty((64, blocks))
-        self.n = 0
+    The cap bounds memory and the time per row (a scan of the stored windows): at the default,
+    20,000 windows of 6 means, 960 KB and the last 120,000 rows, far beyond NAB's longest series
+    (22,695 rows), whose scores are therefore the same as with no cap. Past it, the oldest
+    window is forgotten first.
+    """
+
+    def __init__(self, blocks: int, capacity: int = MEMORY_WINDOWS) -> None:
+        self.rows = np.empty((min(64, capacity), blocks))
+        self.capacity = capacity
+        self.n = 0  # windows held
+        self.added = 0  # windows ever added
 
     def add(self, window: np.ndarray) -> None:
-        if self.n == len(self.rows):
-            self.rows = np.concatenate([self.rows, np.empty_like(self.rows)])
-        self.rows[self.n] = window
-        self.n += 1
+        if self.n < self.capacity:
+            if self.n == len(self.rows):
+                grown = min(2 * len(self.rows), self.capacity)
+                self.rows = np.concatenate(
+                    [self.rows, np.empty((grown - self.n, self.rows.shape[1]))]
+                )
+            self.rows[self.n] = window
+            self.n += 1
+        else:
+            self.rows[self.added % self.capacity] = window  # the oldest slot
+        self.added += 1
 
     def nearest(self, window: np.ndarray) -> float:
         """Smallest largest-block difference to a stored window (inf when empty)."""

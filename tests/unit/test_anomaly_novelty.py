@@ -3,10 +3,11 @@ from __future__ import annotations
 import math
 import random
 
+import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from detector.anomaly.novelty import QUIET_ROWS, WARM_ROWS, NoveltyModel
+from detector.anomaly.novelty import QUIET_ROWS, WARM_ROWS, NoveltyModel, WindowMemory
 from detector.anomaly.schema import AnomalyRule
 from detector.anomaly.series import Series, run_series
 
@@ -73,3 +74,22 @@ def test_novelty_is_the_series_default_and_the_worker_may_not_use_it() -> None:
     assert scores(values) == scores(values, "novelty")
     with pytest.raises(ValidationError, match="must be default or one of"):
         AnomalyRule.model_validate({"interval": "1m", "detector": "novelty"})
+
+
+def test_window_memory_is_capped_and_forgets_the_oldest_first() -> None:
+    memory = WindowMemory(2, capacity=100)
+    for i in range(250):
+        memory.add(np.array([float(i), float(i)]))
+    assert memory.n == 100 and len(memory.rows) == 100
+    # Windows 150..249 are held; 0..149 are gone.
+    assert memory.nearest(np.array([150.0, 150.0])) == 0.0
+    assert memory.nearest(np.array([249.0, 249.0])) == 0.0
+    assert memory.nearest(np.array([100.0, 100.0])) == 50.0
+
+
+def test_window_memory_under_its_cap_keeps_everything() -> None:
+    memory = WindowMemory(3, capacity=1_000)
+    for i in range(300):
+        memory.add(np.full(3, float(i)))
+    assert memory.n == 300
+    assert memory.nearest(np.full(3, 0.0)) == 0.0
