@@ -4,7 +4,9 @@ the worker."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
+import warnings
 
 from redis.asyncio import Redis
 
@@ -60,6 +62,14 @@ async def test_cancelled_batches_give_their_connections_back(redis: Redis) -> No
         assert len(held) == 0, held
     finally:
         await client.aclose()
+        # A cancel that lands while redis-py opens a connection can lose the new socket before
+        # the connection object holds it (inside asyncio's open_connection, not our code; the
+        # worker cancels only when it stops). Such sockets are collected here, inside this
+        # test, not in whichever later test the garbage collector happens to run in (where
+        # their ResourceWarning failed a test in 1 of 2 full runs under load).
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)
+            gc.collect()
 
 
 async def test_a_batch_that_swallows_a_cancel_is_stopped_before_stop_returns() -> None:
