@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 
 from detector.errors import SinkError
+from detector.runtime import raise_if_stopping
 from detector.sinks.slack import Posted, RetryableSinkError, SlackClient
 from detector.sinks.slack_format import Block
 from detector.sinks.slack_state import MessageRecord, SlackState
@@ -69,6 +70,7 @@ class OncePoster:
         )
         delay_s, ambiguous = 0.5, False
         while True:
+            raise_if_stopping()
             if ambiguous:
                 pending = MessageRecord("pending", lookup, None, started_ms, thread_ts)
                 found = await self.find(pending, message_id)
@@ -98,6 +100,7 @@ class OncePoster:
         """Replace a message's content, retrying as a post does (an update is idempotent)."""
         delay_s = 0.5
         while True:
+            raise_if_stopping()
             try:
                 await self.client.update_message(channel, ts, text, blocks)
                 return
@@ -120,6 +123,7 @@ class OncePoster:
         oldest_s = record.started_ms / 1000 - LOOKBACK_S
         delay_s = 0.5
         while True:
+            raise_if_stopping()
             try:
                 ts = await self.client.find_message(
                     record.channel, message_id, oldest_s, record.thread_ts
