@@ -28,4 +28,3 @@ async def test_a_loop_that_loses_a_cancel_still_ends_on_its_next_turn() -> None:
     before = len(turns)
     await asyncio.sleep(0.05)
     assert len(turns) == before  # nothing runs after the end
-
