@@ -10,9 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import cast
 
-from redis.asyncio import Redis
-
 from detector import keys
+from detector.redis_client import RedisClient
 from detector.reports.periods import CALENDAR_WINDOW, Period
 from detector.schemas import Scope
 from detector.windows.buckets import shifted
@@ -45,7 +44,7 @@ def period_window(period: Period, now_ms: int) -> str:
 
 
 class RollupReader:
-    def __init__(self, redis: Redis, windows: WindowStore) -> None:
+    def __init__(self, redis: RedisClient, windows: WindowStore) -> None:
         self._redis = redis
         self._windows = windows
 
