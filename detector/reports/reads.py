@@ -96,7 +96,9 @@ class RollupReader:
             # ZRANGE 1 0 is empty: top=0 asks for the count alone
             start, stop = (0, -1) if top is None else (0, top - 1) if top > 0 else (1, 0)
             pipe.zrange(scratch, start, stop, desc=True, withscores=True)
-            pipe.unlink(scratch)
+            # Queued as a plain command: a cluster pipeline's unlink() is a coroutine of its
+            # own (it splits keys by slot) that runs outside the pipeline.
+            pipe.execute_command("UNLINK", scratch)
         replies = await pipe.execute() if small else []
         for n, i in enumerate(small):
             count, _, rows, _ = replies[4 * n : 4 * n + 4]
