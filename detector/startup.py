@@ -18,7 +18,8 @@ async def check_redis(settings: Settings) -> None:
         await client.ping()
         info = await client.info("cluster")
     except REDIS_ERRORS as exc:
-        if settings.redis_cluster and "cluster" in str(exc).lower():
+        # redis-py's words when the node it asked for the slots is not in cluster mode
+        if settings.redis_cluster and "cluster mode is not enabled" in str(exc).lower():
             raise ConfigError(
                 f"DETECTOR_REDIS_CLUSTER=true but Redis at DETECTOR_REDIS_URL="
                 f"{settings.redis_url!r} is not a Redis Cluster ({exc}); unset "
