@@ -6,13 +6,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import TypeAlias
+from urllib.parse import urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisClusterException, RedisError
 
-from detector.config import Settings
+from detector.config import Settings, redis_seed_urls
 
 RedisClient: TypeAlias = Redis | RedisCluster
 
@@ -38,12 +39,21 @@ def connect_redis(
     """
     url = settings.redis_url
     if settings.redis_cluster:
+        # The first node comes with the URL's options (password, TLS...), the others as
+        # further start-up nodes: the client asks them in turn for the map of the slots.
+        first, *others = redis_seed_urls(url)
+        seeds = [urlsplit(other) for other in others]
+        nodes = [ClusterNode(seed.hostname or "", seed.port or 6379) for seed in seeds]
         if max_connections is None:
             return RedisCluster.from_url(
-                url, socket_timeout=reply_timeout_s, socket_connect_timeout=connect_timeout_s
+                first,
+                startup_nodes=nodes or None,
+                socket_timeout=reply_timeout_s,
+                socket_connect_timeout=connect_timeout_s,
             )
         return RedisCluster.from_url(
-            url,
+            first,
+            startup_nodes=nodes or None,
             socket_timeout=reply_timeout_s,
             socket_connect_timeout=connect_timeout_s,
             max_connections=max_connections,

@@ -125,11 +125,11 @@ def cluster_settings_factory(
     settings_factory: Callable[..., Settings], cluster_ports: list[int], cluster: RedisCluster
 ) -> Callable[..., Settings]:
     """Settings as settings_factory's, on the emptied test cluster: DETECTOR_REDIS_CLUSTER with
-    the URL of one node (not the one the `cluster` client starts from), as a user sets them."""
+    a URL naming two nodes (not the one the `cluster` client starts from), as a user sets them."""
 
     def build(**overrides: Any) -> Settings:
         values: dict[str, Any] = {
-            "redis_url": f"redis://127.0.0.1:{cluster_ports[1]}/0",
+            "redis_url": f"redis://127.0.0.1:{cluster_ports[1]},127.0.0.1:{cluster_ports[2]}/0",
             "redis_cluster": True,
         }
         values.update(overrides)

@@ -1,8 +1,9 @@
 """The whole product on a real Redis Cluster (conftest's three primaries), reached the way a
 user sets it up: DETECTOR_REDIS_CLUSTER=true and the URL of one node. A `detector worker`
 subprocess counts a stream once and decides; the lookup API answers decisions, reservations and
-spend, and its cache hears changes announced on any node; the anomaly and Slack stores
-round-trip; `detector spend` and `detector report` read the cluster; bad settings stop start-up."""
+spend, and its cache hears changes announced on any node; a Slack alert is lifted by the
+command it gives and resolved in its thread; the anomaly and Slack stores round-trip; `detector
+spend` and `detector report` read the cluster; bad settings stop start-up."""
 
 from __future__ import annotations
 
@@ -21,19 +22,22 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import NoScriptError
 
 from detector import keys
 from detector.anomaly.state import EntityState, ModelStore
 from detector.config import Settings, load_settings
 from detector.decisions.policy import STRICTNESS, lift_record, manual_decision
-from detector.decisions.store import DecisionStore
+from detector.decisions.store import Change, DecisionStore
 from detector.errors import ConfigError
 from detector.pipeline import Deps, handle_batch
 from detector.pricing import PriceTable
+from detector.redis_client import connect_redis
 from detector.rules.holder import RulesHolder
 from detector.schemas import Action, Alert, AlertKind, Decision, Scope, Severity
 from detector.sinks.kafka import KafkaSink
 from detector.sinks.slack_state import MessageRecord, SlackState
+from detector.slack_stub import SlackStub
 from detector.startup import check_redis
 from detector.timefmt import rfc3339
 from detector.windows.counters import WindowStore
@@ -41,12 +45,15 @@ from detector.windows.counters import WindowStore
 from .conftest import (
     TEST_REDIS_URL,
     WorkerStarter,
+    free_port,
     produce,
     read_topic,
     serve_api,
     settings_env,
     wait_for,
 )
+from .test_slack_e2e import RULES as SLACK_RULES
+from .test_slack_e2e import alert_lift_resolve
 
 BURN_RULES = """
 rules:
@@ -143,6 +150,21 @@ async def test_worker_on_a_cluster_counts_each_event_once_and_decides(
     await asyncio.wait_for(proc.wait(), timeout=30)
     log = log_path.read_text(errors="replace")
     assert "Traceback" not in log and "held, retrying" not in log, log[-3000:]
+
+
+@pytest.mark.timeout(180)
+async def test_slack_alert_lift_and_resolved_reply_on_a_cluster(
+    cluster_settings_factory: Callable[..., Settings],
+    kafka_topics: Settings,
+    slack_stub: SlackStub,
+    worker_factory: WorkerStarter,
+    tmp_path: Path,
+    python: str,
+) -> None:
+    """test_slack_e2e's story on the cluster: the worker's notifier keeps its state there, the
+    `detector override lift` command ends the block there, and the reply follows."""
+    (tmp_path / "rules.yaml").write_text(SLACK_RULES)
+    await alert_lift_resolve(cluster_settings_factory(), slack_stub, worker_factory, python)
 
 
 async def _at_least(count: Callable[[], object], target: int) -> bool:
@@ -367,3 +389,44 @@ async def test_start_up_refuses_a_cluster_without_the_setting_and_the_reverse(
                                         redis_cluster=True))  # fmt: skip
     assert "DETECTOR_REDIS_CLUSTER=true but Redis at DETECTOR_REDIS_URL=" in str(exc.value)
     assert "is not a Redis Cluster" in str(exc.value)
+
+
+async def test_a_node_down_at_start_is_passed_over(cluster_ports: list[int]) -> None:
+    dead = free_port()
+    url = f"redis://127.0.0.1:{dead},127.0.0.1:{cluster_ports[2]}/0"
+    settings = load_settings(redis_url=url, redis_cluster=True)
+    await check_redis(settings)
+    client = connect_redis(settings)
+    try:
+        store = DecisionStore(client)
+        await store.save([_block("u9", 600_000)], now())
+        [found] = await store.lookup([("acme", Scope.user, "u9")], now())
+        assert found.action is Action.block
+    finally:
+        await client.aclose()
+    with pytest.raises(ConfigError) as exc:
+        await check_redis(load_settings(redis_url=f"redis://127.0.0.1:{dead}/0",
+                                        redis_cluster=True))  # fmt: skip
+    assert str(exc.value).startswith(
+        f"Redis unreachable at DETECTOR_REDIS_URL='redis://127.0.0.1:{dead}/0': "
+    )
+
+
+async def test_decision_scripts_flushed_on_the_nodes_are_loaded_again(
+    cluster: RedisCluster,
+) -> None:
+    """As after a node restart or failover: the upsert runs in a pipeline, which fails once
+    (the worker retries the batch) and then loads it again; scripts called alone reload."""
+    store = DecisionStore(cluster)
+    assert await store.save([_block("u1", 600_000)], now()) == [Change.new]
+    await cluster.script_flush()
+    with pytest.raises(NoScriptError):
+        await store.save([_block("u2", 600_000)], now())
+    assert await store.save([_block("u2", 600_000)], now()) == [Change.new]
+    await cluster.script_flush()
+    allow = manual_decision("acme", Scope.user, "u1", Action.allow, 600, "vip", "t", now())
+    await store.override(allow, now())
+    found = await store.lookup([("acme", Scope.user, "u1"), ("acme", Scope.user, "u2")], now())
+    assert [(d.entity_id, d.action) for d in found] == [("u2", Action.block), ("u1", Action.allow)]
+    assert await store.claim_alert("acme", "r", Scope.user, "u1", 60, now()) is True
+    assert await store.claim_alert("acme", "r", Scope.user, "u1", 60, now()) is False
