@@ -65,6 +65,11 @@ rules:
     action: block
     for: 10m
     severity: critical
+anomaly:
+  scopes: [tenant, user]
+  interval: 1m
+  persist_every: 1
+  outliers: null
 """
 
 BUDGET_RULES = """
@@ -140,6 +145,13 @@ async def test_worker_on_a_cluster_counts_each_event_once_and_decides(
     [total] = await store.read_windows([("_global", Scope.global_, "all", "1h")], now())
     assert round(total["cost_usd"] * 1_000_000) == sum(expected.values())
     assert await nodes_holding_keys(cluster) >= 2
+    # The anomaly models' states, saved by the worker in the tenants' slots on several nodes.
+    # (Not every tenant's: the events came partition by partition, and the first partition's
+    # event times closed the minutes before the second's arrived.)
+    modelled = await wait_for(lambda: _modelled(cluster, tenants), 30, "anomaly states saved")
+    nodes = [cluster.get_node_from_key(keys.anomaly_index_key(t)) for t in modelled]
+    homes = {node.name for node in nodes if node is not None}
+    assert len(modelled) >= 5 and len(homes) >= 2, modelled
 
     decisions = await DecisionStore(cluster).lookup([("whale", Scope.tenant, "whale")], now())
     assert [(d.action, d.rule_id) for d in decisions] == [(Action.block, "tenant-hourly-burn")]
@@ -165,6 +177,11 @@ async def test_slack_alert_lift_and_resolved_reply_on_a_cluster(
     `detector override lift` command ends the block there, and the reply follows."""
     (tmp_path / "rules.yaml").write_text(SLACK_RULES)
     await alert_lift_resolve(cluster_settings_factory(), slack_stub, worker_factory, python)
+
+
+async def _modelled(cluster: RedisCluster, tenants: list[str]) -> dict[str, int]:
+    sizes = await ModelStore(cluster).sizes(tenants)
+    return {t: n for t, n in sizes.items() if n > 0}
 
 
 async def _at_least(count: Callable[[], object], target: int) -> bool:
