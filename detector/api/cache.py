@@ -5,6 +5,9 @@ channel; the cache drops that entity at once, so a lookup sees a change about as
 Redis delivers the message (milliseconds). Entries also age out after `max_age_s`, a bound
 for anything pub/sub could miss. While the subscription is down the cache is emptied and
 bypassed: every lookup goes to Redis until the subscription is back.
+
+On a Redis Cluster the subscription is redis-py's cluster pub/sub, on one node: a classic
+PUBLISH (the decisions channel is not sharded) reaches the subscribers of every node.
 """
 
 from __future__ import annotations
