@@ -15,14 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from redis.asyncio import Redis
 
 from detector.anomaly.watch import AnomalyWatch
 from detector.config import Settings
 from detector.decisions.store import DecisionStore
-from detector.errors import BadEvent
+from detector.errors import BadEvent, ConfigError
 from detector.pipeline import Deps, handle_batch
 from detector.pricing import PriceTable
+from detector.redis_client import connect_redis
 from detector.rules.holder import RulesHolder
 from detector.schemas import Alert, Decision
 from detector.timefmt import parse_ts_ms
@@ -132,8 +132,17 @@ async def run_backtest(
     settings: Settings, rules_path: Path, lines: Sequence[bytes]
 ) -> BacktestResult:
     """Replay `lines` through the pipeline with the rules in `rules_path`."""
+    if settings.redis_cluster:
+        raise ConfigError(
+            "rules backtest replays into a scratch database "
+            f"({BACKTEST_REDIS_DB}) that it empties first, and a Redis Cluster has only "
+            "database 0: run it with DETECTOR_REDIS_CLUSTER unset and DETECTOR_REDIS_URL "
+            "pointing at a single Redis server"
+        )
     rules = RulesHolder(rules_path)
-    redis = Redis.from_url(scratch_redis_url(settings.redis_url))
+    redis = connect_redis(
+        settings.model_copy(update={"redis_url": scratch_redis_url(settings.redis_url)})
+    )
     await redis.flushdb()
     collected = Collected()
     decisions = DecisionStore(redis)

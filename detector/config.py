@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from detector.errors import ConfigError
@@ -18,6 +19,9 @@ class Settings(BaseSettings):
 
     kafka_bootstrap: str = "127.0.0.1:9092"
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # The URL names one node of a Redis Cluster, or several (`redis://a:7000,b:7000/0`) so that
+    # a process can start while one is down; the client learns the others from them.
+    redis_cluster: bool = False
     rules: Path = Path("rules.yaml")
     topic_prefix: str = Field(default="", max_length=100)
     consumer_group: str = "llm-spend-detector"
@@ -92,6 +96,40 @@ class Settings(BaseSettings):
             raise ValueError("expected redis://host:port/db")
         return value
 
+    @field_validator("redis_cluster")
+    @classmethod
+    def _check_redis_cluster(cls, value: bool, info: ValidationInfo) -> bool:
+        url = info.data.get("redis_url")
+        if url is None:  # a bad URL has its own message
+            return value
+        seeds = redis_seed_urls(url)
+        if not value:
+            if len(seeds) > 1:
+                raise ValueError(
+                    f"DETECTOR_REDIS_URL={url!r} names several nodes, which only a Redis "
+                    "Cluster has: set DETECTOR_REDIS_CLUSTER=true, or name one server"
+                )
+            return value
+        if url.startswith("unix://"):
+            raise ValueError(
+                f"a Redis Cluster is reached over TCP; DETECTOR_REDIS_URL={url!r} is a unix socket"
+            )
+        for seed in map(urlsplit, seeds):
+            try:
+                seed.port  # noqa: B018 (parsing it is the check)
+            except ValueError:
+                raise ValueError(
+                    f"expected host:port for each node of DETECTOR_REDIS_URL={url!r}, "
+                    f"got {seed.netloc!r}"
+                ) from None
+        db = redis_db(url)
+        if db != 0:
+            raise ValueError(
+                f"a Redis Cluster has only database 0; DETECTOR_REDIS_URL={url!r} names "
+                f"database {db}"
+            )
+        return value
+
     @field_validator("digests")
     @classmethod
     def _check_digests(cls, value: str) -> str:
@@ -135,6 +173,35 @@ class Settings(BaseSettings):
     def topic(self, name: str) -> str:
         """Full topic name for one of keys.TOPIC_* (a prefix lets tests isolate themselves)."""
         return f"{self.topic_prefix}{name}"
+
+
+def redis_seed_urls(url: str) -> list[str]:
+    """One URL per node of a URL whose host part lists several, comma-separated.
+
+    >>> redis_seed_urls("redis://:pw@a:7000,b:7001/0?protocol=3")
+    ['redis://:pw@a:7000/0?protocol=3', 'redis://:pw@b:7001/0?protocol=3']
+    >>> redis_seed_urls("redis://a:7000")
+    ['redis://a:7000']
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme == "unix":
+        return [url]
+    ends = [i for i in (rest.find("/"), rest.find("?")) if i >= 0]
+    netloc, tail = rest[: min(ends, default=len(rest))], rest[min(ends, default=len(rest)) :]
+    auth, at, hosts = netloc.rpartition("@")
+    return [f"{scheme}://{auth}{at}{host.strip()}{tail}" for host in hosts.split(",")]
+
+
+def redis_db(url: str) -> int | None:
+    """The database a redis:// URL names (0 when it names none); None when it is not a number.
+
+    >>> redis_db("redis://10.0.0.5:7000"), redis_db("redis://h:1/3"), redis_db("redis://h:1/x")
+    (0, 3, None)
+    """
+    path = url.split("://", 1)[-1].partition("?")[0].partition("/")[2].strip("/")
+    if not path:
+        return 0
+    return int(path) if path.isdigit() else None
 
 
 def parse_channel_routes(text: str) -> dict[Severity, str]:

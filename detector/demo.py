@@ -21,10 +21,11 @@ from typing import Any
 import aiohttp
 import orjson
 from aiokafka import AIOKafkaProducer
-from redis.asyncio import Redis
 
 from detector import keys
 from detector.config import Settings
+from detector.errors import ConfigError
+from detector.redis_client import connect_redis
 from detector.reports.render import render
 from detector.reports.service import report_for
 from detector.simulate import Scenario, generate
@@ -52,10 +53,16 @@ def say(text: str) -> None:
 
 
 async def run_demo(settings: Settings, seconds: float) -> int:
+    if settings.redis_cluster:
+        raise ConfigError(
+            f"the demo uses a database of its own ({DEMO_REDIS_DB}) that it empties first, "
+            "and a Redis Cluster has only database 0: run it with DETECTOR_REDIS_CLUSTER unset "
+            "and DETECTOR_REDIS_URL pointing at a single Redis server"
+        )
     run_id = uuid.uuid4().hex[:6]
     prefix = f"demo-{run_id}."
     redis_url = _demo_redis_url(settings.redis_url)
-    redis = Redis.from_url(redis_url)
+    redis = connect_redis(settings.model_copy(update={"redis_url": redis_url}))
     await redis.flushdb()
     log_dir = Path(".run")
     log_dir.mkdir(exist_ok=True)

@@ -5,12 +5,11 @@ from __future__ import annotations
 import getpass
 import time
 
-from redis.asyncio import Redis
-
 from detector.config import Settings
 from detector.decisions.policy import lift_record, manual_decision
 from detector.decisions.store import DecisionStore
 from detector.errors import ConfigError
+from detector.redis_client import connect_redis
 from detector.schemas import Action, Decision, Scope
 from detector.sinks.kafka import KafkaSink
 from detector.startup import ensure_topics
@@ -61,7 +60,7 @@ async def set_override(
     decision = manual_decision(
         tenant, scope, entity_id, action, duration_s, reason, actor(), now_ms
     )
-    redis = Redis.from_url(settings.redis_url)
+    redis = connect_redis(settings)
     try:
         await DecisionStore(redis).override(decision, now_ms)
     finally:
@@ -75,7 +74,7 @@ async def lift(
 ) -> list[Decision]:
     scope, entity_id = _target(scope_text, tenant, entity)
     record = lift_record(tenant, scope, entity_id, reason, actor(), time.time_ns() // 1_000_000)
-    redis = Redis.from_url(settings.redis_url)
+    redis = connect_redis(settings)
     try:
         ended = await DecisionStore(redis).lift(record)
     finally:
@@ -85,7 +84,7 @@ async def lift(
 
 
 async def audit(settings: Settings, tenant: str, limit: int) -> list[Decision]:
-    redis = Redis.from_url(settings.redis_url)
+    redis = connect_redis(settings)
     try:
         return await DecisionStore(redis).audit(tenant, limit)
     finally:

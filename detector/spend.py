@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import time
 
-from redis.asyncio import Redis
-
 from detector.config import Settings
 from detector.errors import ConfigError
 from detector.keys import GLOBAL_TENANT
+from detector.redis_client import connect_redis
 from detector.rules.loader import load_rules
 from detector.schemas import Scope
 from detector.windows.buckets import WINDOWS
@@ -35,7 +34,7 @@ async def read_spend(
         raise ConfigError(f"--id is required for scope {scope.value}")
     rules = load_rules(settings.rules)  # calendar windows follow the tenant's time zone
     zone = rules.zone(tenant) if scope is not Scope.global_ else None
-    redis = Redis.from_url(settings.redis_url)
+    redis = connect_redis(settings)
     try:
         store = WindowStore(redis, settings.dedup_horizon_s)
         [metrics] = await store.read_windows(

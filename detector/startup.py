@@ -5,25 +5,47 @@ from __future__ import annotations
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from detector import keys
 from detector.config import Settings
 from detector.errors import ConfigError
+from detector.redis_client import REDIS_ERRORS, connect_redis
 
 
 async def check_redis(settings: Settings) -> None:
-    client = Redis.from_url(settings.redis_url, socket_connect_timeout=3)
+    client = connect_redis(settings, connect_timeout_s=3)
     try:
         await client.ping()
-    except (RedisError, OSError) as exc:
+        info = await client.info("cluster")
+    except REDIS_ERRORS as exc:
+        # redis-py's words when the node it asked for the slots is not in cluster mode
+        if settings.redis_cluster and "cluster mode is not enabled" in str(exc).lower():
+            raise ConfigError(
+                f"DETECTOR_REDIS_CLUSTER=true but Redis at DETECTOR_REDIS_URL="
+                f"{settings.redis_url!r} is not a Redis Cluster ({exc}); unset "
+                "DETECTOR_REDIS_CLUSTER for a single server"
+            ) from exc
         raise ConfigError(
             f"Redis unreachable at DETECTOR_REDIS_URL={settings.redis_url!r}: {exc} "
             "(run scripts/services up, or point DETECTOR_REDIS_URL at your Redis)"
         ) from exc
     finally:
         await client.aclose()
+    if not settings.redis_cluster and _cluster_enabled(info):
+        # The one-server client would fail on every key served by another node (MOVED).
+        raise ConfigError(
+            f"Redis at DETECTOR_REDIS_URL={settings.redis_url!r} is a Redis Cluster node: "
+            "set DETECTOR_REDIS_CLUSTER=true"
+        )
+
+
+def _cluster_enabled(info: object) -> bool:
+    """Whether INFO cluster says cluster mode is on (a cluster client answers per node)."""
+    if isinstance(info, dict):
+        if "cluster_enabled" in info:
+            return str(info["cluster_enabled"]) == "1"
+        return any(_cluster_enabled(part) for part in info.values())
+    return False
 
 
 async def check_kafka(settings: Settings) -> None:

@@ -23,8 +23,6 @@ from typing import Any
 import faust
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from detector import keys
 from detector.anomaly.watch import AnomalyWatch
@@ -33,6 +31,7 @@ from detector.decisions.store import DecisionStore
 from detector.errors import BadEvent
 from detector.pipeline import Deps, handle_batch
 from detector.pricing import PriceTable
+from detector.redis_client import REDIS_ERRORS, connect_redis
 from detector.reports.digest import DigestSender
 from detector.rules.holder import RulesHolder
 from detector.runtime import raise_if_stopping, stopping, tune_gc
@@ -53,7 +52,7 @@ OUTBOX_SWEEP_S = 60.0  # how often the worker forwards tenants' leftover global 
 PROCESSING_FAILED = "processing_failed"
 STOP_RECANCEL_S = 0.5  # at stop, batches not yet stopped are cancelled again this often
 # The stores are unreachable: the work is held and retried, never skipped.
-STORE_ERRORS = (RedisError, KafkaError, OSError)
+STORE_ERRORS = (*REDIS_ERRORS, KafkaError)
 Polled = dict[TopicPartition, list[ConsumerRecord[Any, Any]]]
 
 
@@ -124,10 +123,10 @@ class EventsConsumer:
         # A reply that never comes (a connection lost under a pipeline) must become an error
         # the batch is retried on, not a worker that waits forever: seen in about 1 of 8 bench
         # runs with no timeout, a batch held on a ConnectionError whose retry then hung.
-        redis = Redis.from_url(
-            settings.redis_url,
-            socket_timeout=REDIS_REPLY_TIMEOUT_S,
-            socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S,
+        redis = connect_redis(
+            settings,
+            reply_timeout_s=REDIS_REPLY_TIMEOUT_S,
+            connect_timeout_s=REDIS_CONNECT_TIMEOUT_S,
         )
         kafka = KafkaSink(settings)
         consumer = AIOKafkaConsumer(
@@ -306,7 +305,7 @@ async def _stop_batches(tasks: Sequence[asyncio.Task[None]]) -> None:
 async def _sweep(windows: WindowStore, full_scan: bool) -> None:
     try:
         forwarded = await windows.forward_pending(full_scan)
-    except RedisError as exc:  # the next sweep, or the tenants' next batches, will do it
+    except REDIS_ERRORS as exc:  # the next sweep, or the tenants' next batches, will do it
         log.warning("global outbox sweep failed: %r", exc)
         return
     log.debug("global outbox sweep: %d records", forwarded)

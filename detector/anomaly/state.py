@@ -21,11 +21,10 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from redis.asyncio import Redis
-
 from detector import keys
 from detector.anomaly.detectors import UnivariateDetector
 from detector.anomaly.intervals import EntityKey, SubKey
+from detector.redis_client import RedisClient
 from detector.schemas import Scope
 
 STATE_VERSION = 3  # bumped when EntityState gains fields: older pickles are not reused
@@ -111,7 +110,7 @@ def _by_tenant(entities: Iterable[EntityKey]) -> dict[str, list[EntityKey]]:
 class ModelStore:
     """Entity states in Redis: load, save, and the per-tenant index with its cap."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: RedisClient) -> None:
         self._redis = redis
 
     async def marks(self, entities: Iterable[EntityKey]) -> dict[EntityKey, int | None]:

@@ -16,8 +16,6 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
-from redis.asyncio import Redis
-
 from detector.anomaly.detectors import UnivariateDetector, make_univariate
 from detector.anomaly.explain import IntervalHit, interval_outcome, outlier_outcome
 from detector.anomaly.intervals import (
@@ -33,6 +31,7 @@ from detector.anomaly.state import STATE_VERSION, EntityState, ModelStore
 from detector.anomaly.univariate import BAND_WARMUP
 from detector.decisions.policy import Outcome
 from detector.decisions.store import Change, DecisionStore
+from detector.redis_client import RedisClient
 from detector.rules.schema import RuleSet
 from detector.schemas import Alert, Decision, Scope
 from detector.windows.counters import PricedEvent
@@ -68,7 +67,10 @@ class AnomalyWatch:
     """Anomaly models of the entities this process sees, with their state in Redis."""
 
     def __init__(
-        self, redis: Redis, decisions: DecisionStore, max_in_memory: int = MAX_IN_MEMORY_MODELS
+        self,
+        redis: RedisClient,
+        decisions: DecisionStore,
+        max_in_memory: int = MAX_IN_MEMORY_MODELS,
     ) -> None:
         self._store = ModelStore(redis)
         self._decisions = decisions

@@ -9,17 +9,21 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from redis.asyncio import BlockingConnectionPool, Redis
 
 from detector.api import admin, reports, reserve, routes
 from detector.api.openapi import OPENAPI
 from detector.api.state import ApiState, Forbidden
 from detector.config import Settings
+from detector.redis_client import RedisClient, connect_redis
 from detector.runtime import tune_gc
 
 log = logging.getLogger("detector.api")
 
 API_REDIS_CONNECTIONS = 64
+# A cluster client's pools (one per node) cannot make a request wait for a free connection as
+# the one-server pool does: a request beyond the bound fails (and is answered per fail_open),
+# so the bound per node sits well above what the API's concurrency needs.
+API_CLUSTER_CONNECTIONS_PER_NODE = 512
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -61,20 +65,13 @@ async def openapi(request: web.Request) -> web.Response:
     return web.json_response(OPENAPI)
 
 
-def create_app(settings: Settings, redis: Redis | None = None) -> web.Application:
+def create_app(settings: Settings, redis: RedisClient | None = None) -> web.Application:
     """The API application; it owns (and closes) its Redis client unless one is given."""
     app = web.Application(middlewares=[guard])
     # A bounded pool that makes requests wait for a free connection (up to 2 s) instead of
     # failing when hundreds arrive at once.
-    client = (
-        redis
-        if redis is not None
-        else Redis(
-            connection_pool=BlockingConnectionPool.from_url(
-                settings.redis_url, max_connections=API_REDIS_CONNECTIONS, timeout=2
-            )
-        )
-    )
+    bound = API_CLUSTER_CONNECTIONS_PER_NODE if settings.redis_cluster else API_REDIS_CONNECTIONS
+    client = redis if redis is not None else connect_redis(settings, max_connections=bound)
     app[ApiState.KEY] = ApiState(settings, client)
     app.router.add_get("/v1/decision", routes.get_decision)
     app.router.add_post("/v1/decision/batch", routes.post_decision_batch)

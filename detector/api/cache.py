@@ -5,6 +5,9 @@ channel; the cache drops that entity at once, so a lookup sees a change about as
 Redis delivers the message (milliseconds). Entries also age out after `max_age_s`, a bound
 for anything pub/sub could miss. While the subscription is down the cache is emptied and
 bypassed: every lookup goes to Redis until the subscription is back.
+
+On a Redis Cluster the subscription is redis-py's cluster pub/sub, on one node: a classic
+PUBLISH (the decisions channel is not sharded) reaches the subscribers of every node.
 """
 
 from __future__ import annotations
@@ -15,11 +18,9 @@ import logging
 import time
 from collections.abc import Sequence
 
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
-
 from detector import keys
 from detector.decisions.store import DecisionStore, Entity, Stored, parse_changed, strictest
+from detector.redis_client import REDIS_ERRORS, RedisClient
 from detector.schemas import Decision
 
 log = logging.getLogger("detector.api")
@@ -29,7 +30,7 @@ class DecisionCache:
     """Decisions per entity, fetched from Redis once and dropped when they change."""
 
     def __init__(
-        self, redis: Redis, store: DecisionStore, max_age_s: float, max_entries: int
+        self, redis: RedisClient, store: DecisionStore, max_age_s: float, max_entries: int
     ) -> None:
         self._redis = redis
         self._store = store
@@ -60,7 +61,7 @@ class DecisionCache:
         while not task.done():
             task.cancel()
             await asyncio.wait({task}, timeout=0.5)
-        with contextlib.suppress(asyncio.CancelledError, RedisError, OSError):
+        with contextlib.suppress(asyncio.CancelledError, *REDIS_ERRORS):
             task.result()
 
     async def wait_live(self, timeout_s: float) -> bool:
@@ -116,12 +117,12 @@ class DecisionCache:
                         continue
                     self._epoch += 1
                     self._entries.pop(entity, None)
-            except (RedisError, OSError) as exc:
+            except REDIS_ERRORS as exc:
                 log.warning("decision cache: subscription lost (%r); bypassing the cache", exc)
             finally:
                 self._live.clear()
                 self._entries.clear()
-                with contextlib.suppress(RedisError, OSError):
+                with contextlib.suppress(*REDIS_ERRORS):
                     await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
             await asyncio.sleep(delay_s)
             delay_s = min(delay_s * 2, 5.0)

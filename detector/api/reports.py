@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from aiohttp import web
-from redis.exceptions import RedisError
 
 from detector.api.routes import BadRequest, now_ms
 from detector.api.state import ApiState
 from detector.config import Settings
+from detector.redis_client import REDIS_ERRORS
 from detector.reports.catalog import build_report, parse_query
 from detector.reports.plans import Plans
 from detector.reports.reads import RollupReader
@@ -40,7 +40,7 @@ async def get_report(request: web.Request) -> web.Response:
         report = await build_report(query, reader, request.app[PLANS])
     except ValueError as exc:
         raise BadRequest(str(exc)) from None
-    except (RedisError, OSError):
+    except REDIS_ERRORS:
         state.redis_errors.inc()
         return web.json_response({"error": "Redis unreachable; try again"}, status=503)
     return web.json_response(report.as_json())

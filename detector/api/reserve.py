@@ -6,13 +6,13 @@ from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from redis.exceptions import RedisError
 
 from detector.api.routes import BadRequest, now_ms
 from detector.api.state import ApiState
 from detector.decisions.reservations import applicable
 from detector.errors import RulesError
 from detector.pricing import price_event
+from detector.redis_client import REDIS_ERRORS
 from detector.schemas import IDENT_PATTERN, TENANT_PATTERN, Scope, UsageEvent
 
 MAX_HOLD_S = 3600
@@ -84,7 +84,7 @@ async def post_reserve(request: web.Request) -> web.Response:
             at_ms,
             zone=rules.zone(ask.tenant_id),
         )
-    except (RedisError, OSError):
+    except REDIS_ERRORS:
         # A reservation that cannot be checked is not granted, whatever fail_open says.
         state.redis_down()
         return web.json_response({"error": "budget store unavailable"}, status=503)

@@ -9,12 +9,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
-from redis.exceptions import RedisError
 
 from detector.api.state import ApiState
 from detector.decisions.reservations import applicable
 from detector.decisions.store import Entity
 from detector.errors import RulesError
+from detector.redis_client import REDIS_ERRORS
 from detector.schemas import IDENT_PATTERN, TENANT_PATTERN, Action, LookupAnswer, Scope
 from detector.windows.buckets import WINDOWS
 
@@ -75,7 +75,7 @@ async def answer_for(state: ApiState, entities: list[Entity], at_ms: int) -> Loo
     """The gateway's answer: the strictest decision in force, or allow."""
     try:
         found = await state.lookup(entities, at_ms)
-    except (RedisError, OSError):
+    except REDIS_ERRORS:
         state.redis_down()
         closed = state.settings.fails_closed(entities[0][0])
         action = Action.block if closed else Action.allow
@@ -130,7 +130,7 @@ async def with_remaining(
         held = await state.decisions.reservations.remaining(
             tenant, budgets, at_ms, rules.zone(tenant)
         )
-    except (RulesError, RedisError, OSError):
+    except (RulesError,) + REDIS_ERRORS:
         return answer.model_copy(update={"degraded": True})
     if not held:
         return answer
@@ -213,7 +213,7 @@ async def readyz(request: web.Request) -> web.Response:
     state: ApiState = request.app[ApiState.KEY]
     try:
         await state.redis.ping()
-    except (RedisError, OSError):
+    except REDIS_ERRORS:
         state.redis_down()
         return web.json_response({"status": "redis unreachable"}, status=503)
     return web.json_response({"status": "ready"})

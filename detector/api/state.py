@@ -8,13 +8,13 @@ import time
 from aiohttp import web
 from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from redis.asyncio import Redis
 
 from detector.api.auth import Grant, find_grant, parse_tokens
 from detector.api.cache import DecisionCache
 from detector.config import Settings
 from detector.decisions.store import DecisionStore, Entity
 from detector.pricing import PriceTable
+from detector.redis_client import RedisClient
 from detector.rules.holder import RulesHolder
 from detector.rules.schema import RuleSet
 from detector.schemas import Decision
@@ -37,7 +37,7 @@ class Forbidden(Exception):
 class ApiState:
     KEY: web.AppKey[ApiState] = web.AppKey("detector_state")
 
-    def __init__(self, settings: Settings, redis: Redis) -> None:
+    def __init__(self, settings: Settings, redis: RedisClient) -> None:
         self.settings = settings
         self.redis = redis
         self.decisions = DecisionStore(redis)

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from datetime import tzinfo
 
 import orjson
-from redis.asyncio import Redis
 
 from detector import keys
+from detector.redis_client import RedisClient
 from detector.rules.schema import BudgetRule, RuleSet
 from detector.schemas import Scope
 from detector.windows.buckets import window_buckets
@@ -103,7 +103,7 @@ def applicable(
 class ReservationStore:
     """Holds and releases estimated costs against budgets in Redis."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: RedisClient) -> None:
         self._redis = redis
         self._reserve = redis.register_script(_RESERVE_LUA)
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from enum import StrEnum
+from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import NoScriptError
 
 from detector import keys
 from detector.decisions.policy import STRICTNESS
 from detector.decisions.reservations import ReservationStore
+from detector.redis_client import RedisClient, load_scripts
 from detector.schemas import Decision, Scope
 
 # Atomic upsert: a stricter decision replaces a milder one, the same action with a later expiry
@@ -50,6 +53,28 @@ local until_ms = redis.call('GET', KEYS[1])
 if until_ms and tonumber(until_ms) > now_ms then return 0 end
 redis.call('SET', KEYS[1], string.format('%d', now_ms + cooldown_ms), 'PX', cooldown_ms)
 return 1
+"""
+
+# A manual decision: the override, its audit entry and its announcement in one atomic call.
+# (PUBLISH is not allowed in a cluster pipeline, and a script keeps the announcement atomic
+# with the change on one server and on a cluster alike.)
+_OVERRIDE_LUA = """
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('LPUSH', KEYS[2], ARGV[1])
+redis.call('LTRIM', KEYS[2], 0, ARGV[3])
+redis.call('PUBLISH', ARGV[4], ARGV[5])
+return 1
+"""
+
+# Ending an entity's override and rule decision: returns what they held (nil where absent).
+_LIFT_LUA = """
+local override = redis.call('GET', KEYS[1])
+local rule = redis.call('HGET', KEYS[2], 'json')
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('LPUSH', KEYS[3], ARGV[1])
+redis.call('LTRIM', KEYS[3], 0, ARGV[2])
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+return {override, rule}
 """
 
 
@@ -102,17 +127,26 @@ class Change(StrEnum):
 class DecisionStore:
     """Reads and writes the rate-limit decisions gateways look up."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: RedisClient) -> None:
         self._redis = redis
         self.reservations = ReservationStore(redis)
         self._upsert = redis.register_script(_UPSERT_LUA)
         self._claim = redis.register_script(_CLAIM_LUA)
+        self._override = redis.register_script(_OVERRIDE_LUA)
+        self._lift = redis.register_script(_LIFT_LUA)
+        # Scripts called on their own load themselves after a NOSCRIPT; the upsert runs in a
+        # pipeline, which on a cluster needs it loaded on every primary beforehand.
+        self._cluster = isinstance(redis, RedisCluster)
+        self._scripts_loaded = False
 
     async def save(self, decisions: Sequence[Decision], now_ms: int) -> list[Change]:
         """Store enforced decisions in one round trip; say for each whether it changed anything."""
         if not decisions:
             return []
-        pipe = self._redis.pipeline(transaction=False)
+        if self._cluster and not self._scripts_loaded:
+            await load_scripts(self._redis, [self._upsert])
+            self._scripts_loaded = True
+        pipe: Any = self._redis.pipeline(transaction=False)
         for d in decisions:
             await self._upsert(
                 keys=[
@@ -132,6 +166,9 @@ class DecisionStore:
             )
         try:
             replies = await pipe.execute()
+        except NoScriptError:
+            self._scripts_loaded = False  # a node lost its scripts; the caller's retry loads them
+            raise
         finally:
             # A pipeline that runs scripts can keep a connection when cut off before its own
             # try block (see WindowStore._execute); reset() gives it back.
@@ -162,31 +199,36 @@ class DecisionStore:
 
     async def override(self, decision: Decision, now_ms: int) -> None:
         """Put a manual decision in force for its entity until `decision.until_ms`."""
-        body = decision.model_dump_json()
-        pipe = self._redis.pipeline(transaction=True)
-        key = keys.override_key(decision.tenant_id, decision.scope, decision.entity_id)
-        pipe.set(key, body, px=max(decision.until_ms - now_ms, 1))
-        pipe.lpush(keys.audit_key(decision.tenant_id), body)
-        pipe.ltrim(keys.audit_key(decision.tenant_id), 0, keys.AUDIT_MAX_ENTRIES - 1)
-        pipe.publish(
-            keys.DECISIONS_CHANNEL,
-            changed_message(decision.tenant_id, decision.scope, decision.entity_id),
+        await self._override(
+            keys=[
+                keys.override_key(decision.tenant_id, decision.scope, decision.entity_id),
+                keys.audit_key(decision.tenant_id),
+            ],
+            args=[
+                decision.model_dump_json(),
+                max(decision.until_ms - now_ms, 1),
+                keys.AUDIT_MAX_ENTRIES - 1,
+                keys.DECISIONS_CHANNEL,
+                changed_message(decision.tenant_id, decision.scope, decision.entity_id),
+            ],
         )
-        await pipe.execute()
 
     async def lift(self, record: Decision) -> list[Decision]:
         """End the override and the rule decision of `record`'s entity now; return what ended."""
         tenant, scope, entity = record.tenant_id, record.scope, record.entity_id
-        override_key = keys.override_key(tenant, scope, entity)
-        decision_key = keys.decision_key(tenant, scope, entity)
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.get(override_key)
-        pipe.hget(decision_key, "json")
-        pipe.delete(override_key, decision_key)
-        pipe.lpush(keys.audit_key(tenant), record.model_dump_json())
-        pipe.ltrim(keys.audit_key(tenant), 0, keys.AUDIT_MAX_ENTRIES - 1)
-        pipe.publish(keys.DECISIONS_CHANNEL, changed_message(tenant, scope, entity))
-        override_raw, rule_raw, *_ = await pipe.execute()
+        override_raw, rule_raw = await self._lift(
+            keys=[
+                keys.override_key(tenant, scope, entity),
+                keys.decision_key(tenant, scope, entity),
+                keys.audit_key(tenant),
+            ],
+            args=[
+                record.model_dump_json(),
+                keys.AUDIT_MAX_ENTRIES - 1,
+                keys.DECISIONS_CHANNEL,
+                changed_message(tenant, scope, entity),
+            ],
+        )
         return [Decision.model_validate_json(r) for r in (override_raw, rule_raw) if r is not None]
 
     async def claim_alert(

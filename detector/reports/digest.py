@@ -15,11 +15,10 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
-
 from detector import keys
 from detector.config import Settings
 from detector.errors import SinkError
+from detector.redis_client import RedisClient, connect_redis
 from detector.reports.attribution import (
     cost_by_feature,
     cost_by_model,
@@ -205,7 +204,7 @@ async def preview_digest(settings: Settings, kind: str, at: str, now_ms: int) ->
         except ValueError as exc:
             raise ConfigError(f"--{exc}") from None
     plans = plans_of(settings)
-    redis = Redis.from_url(settings.redis_url)
+    redis = connect_redis(settings)
     try:
         reader = RollupReader(redis, WindowStore(redis, settings.dedup_horizon_s))
         return (await build_digest(kind, period, reader, plans, now_ms)).text
@@ -221,7 +220,7 @@ class DigestSender:
         self._plans = plans_of(settings)  # a bad plans file stops the worker at start
         self._kinds = [k for k in settings.digests.split(",") if k]
         self._sink = sink
-        self._redis: Redis | None = None
+        self._redis: RedisClient | None = None
 
     @property
     def enabled(self) -> bool:
@@ -230,7 +229,7 @@ class DigestSender:
     async def tick(self, now_ms: int) -> list[str]:
         """Send whatever digest is due and unclaimed; returns the kinds this call sent."""
         if self._redis is None:
-            self._redis = Redis.from_url(self._settings.redis_url)
+            self._redis = connect_redis(self._settings)
         if self._sink is None:
             self._sink = make_sink(self._settings)
         sent = []

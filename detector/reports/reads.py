@@ -10,9 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import cast
 
-from redis.asyncio import Redis
-
 from detector import keys
+from detector.redis_client import RedisClient
 from detector.reports.periods import CALENDAR_WINDOW, Period
 from detector.schemas import Scope
 from detector.windows.buckets import shifted
@@ -45,7 +44,7 @@ def period_window(period: Period, now_ms: int) -> str:
 
 
 class RollupReader:
-    def __init__(self, redis: Redis, windows: WindowStore) -> None:
+    def __init__(self, redis: RedisClient, windows: WindowStore) -> None:
         self._redis = redis
         self._windows = windows
 
@@ -97,7 +96,9 @@ class RollupReader:
             # ZRANGE 1 0 is empty: top=0 asks for the count alone
             start, stop = (0, -1) if top is None else (0, top - 1) if top > 0 else (1, 0)
             pipe.zrange(scratch, start, stop, desc=True, withscores=True)
-            pipe.unlink(scratch)
+            # Queued as a plain command: a cluster pipeline's unlink() is a coroutine of its
+            # own (it splits keys by slot) that runs outside the pipeline.
+            pipe.execute_command("UNLINK", scratch)
         replies = await pipe.execute() if small else []
         for n, i in enumerate(small):
             count, _, rows, _ = replies[4 * n : 4 * n + 4]

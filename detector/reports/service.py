@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from redis.asyncio import Redis
-
 from detector.config import Settings
 from detector.errors import ConfigError
+from detector.redis_client import connect_redis
 from detector.reports.catalog import build_report, parse_query
 from detector.reports.model import Report
 from detector.reports.plans import Plans, load_plans
@@ -28,7 +27,7 @@ async def report_for(
     except ValueError as exc:
         raise ConfigError(_as_option(str(exc))) from None
     plans = plans_of(settings)
-    redis = Redis.from_url(settings.redis_url)
+    redis = connect_redis(settings)
     try:
         reader = RollupReader(redis, WindowStore(redis, settings.dedup_horizon_s))
         try:

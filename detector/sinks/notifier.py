@@ -13,13 +13,11 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
-
 from detector import keys
 from detector.config import Settings
 from detector.decisions.store import DecisionStore
 from detector.errors import SinkError
+from detector.redis_client import REDIS_ERRORS, RedisClient
 from detector.schemas import Alert, Scope, Severity
 from detector.sinks.followups import FollowUps
 from detector.sinks.slack import Posted, RetryableSinkError, SlackClient
@@ -52,7 +50,7 @@ class Notifier:
         self,
         settings: Settings,
         client: SlackClient,
-        redis: Redis,
+        redis: RedisClient,
         cooldown_s: Callable[[str], int | None] = lambda _rule: None,
         clock: Callable[[], int] = now_ms,
     ) -> None:
@@ -262,7 +260,7 @@ class Notifier:
                 for scope in scopes:
                     pipe.zrevrange(keys.rank_key(alert.tenant_id, scope, day_ms), 0, 2, True)
             replies = await pipe.execute()
-        except (RedisError, ValueError) as exc:
+        except REDIS_ERRORS + (ValueError,) as exc:
             log.warning("no contributors for alert %s: %r", alert.alert_id, exc)
             return Extras()
         items: list[dict[str, str | float]] = []

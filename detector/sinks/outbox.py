@@ -16,11 +16,10 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from detector import keys
 from detector.config import Settings
+from detector.redis_client import REDIS_ERRORS, connect_redis
 from detector.runtime import raise_if_stopping
 from detector.schemas import Alert
 from detector.sinks.notifier import Notifier
@@ -48,7 +47,7 @@ class AlertsConsumer:
 
     async def run(self) -> None:
         settings = self.settings
-        redis = Redis.from_url(settings.redis_url)
+        redis = connect_redis(settings)
         notifier = None
         if self.slack is None:
             log.info("no Slack setting: alerts are logged and kept on the alerts topic")
@@ -117,7 +116,7 @@ class AlertsConsumer:
             try:
                 await notifier.deliver_batch(alerts)
                 return True
-            except (RedisError, OSError) as exc:
+            except REDIS_ERRORS as exc:
                 log.warning("alerts held, Redis unreachable (%r); retry in %.1fs", exc, delay_s)
                 await asyncio.sleep(delay_s)
                 delay_s = min(delay_s * 2, RETRY_MAX_S)
@@ -131,7 +130,7 @@ class AlertsConsumer:
             await asyncio.sleep(self.settings.slack_scan_interval_s)
             try:
                 await notifier.scan()
-            except (RedisError, OSError) as exc:
+            except REDIS_ERRORS as exc:
                 log.warning("Slack follow-ups skipped this round: %r", exc)
             except Exception:
                 log.exception("Slack follow-ups failed this round")

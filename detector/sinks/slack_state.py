@@ -7,9 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import orjson
-from redis.asyncio import Redis
 
 from detector import keys
+from detector.redis_client import RedisClient
 from detector.schemas import Alert
 
 RECORD_TTL_S = keys.SLACK_RECORD_TTL_S
@@ -54,7 +54,7 @@ def _text(value: bytes | str | None) -> str | None:
 class SlackState:
     """Redis reads and writes of the notifier; every key comes from keys.py."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: RedisClient) -> None:
         self.redis = redis
 
     # --- messages and alerts ------------------------------------------------------------------

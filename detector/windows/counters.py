@@ -33,12 +33,12 @@ from functools import lru_cache
 from typing import Any, NamedTuple, cast
 
 import orjson
-from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
 from detector import keys
 from detector.pricing import Costs
+from detector.redis_client import RedisClient
 from detector.schemas import Scope, UsageEvent
 from detector.windows.buckets import (
     BUCKET_SIZES,
@@ -467,7 +467,7 @@ class WindowStore:
 
     def __init__(
         self,
-        redis: Redis | RedisCluster,
+        redis: RedisClient,
         dedup_horizon_s: int,
         allowed_lateness_s: int | None = None,
     ) -> None:

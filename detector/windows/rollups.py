@@ -12,12 +12,13 @@ from __future__ import annotations
 
 from typing import cast
 
-from redis.asyncio import Redis
-
 from detector import keys
+from detector.redis_client import RedisClient
 
 
-async def read_rank(redis: Redis, tenant_id: str, scope: str, day_start_ms: int) -> dict[str, int]:
+async def read_rank(
+    redis: RedisClient, tenant_id: str, scope: str, day_start_ms: int
+) -> dict[str, int]:
     """Cost in micro-dollars of every entity of `scope` in one tenant on one UTC day.
 
     With `tenant_id` GLOBAL_TENANT and scope "tenant", the cost of every tenant.
@@ -28,7 +29,7 @@ async def read_rank(redis: Redis, tenant_id: str, scope: str, day_start_ms: int)
 
 
 async def read_quality(
-    redis: Redis, tenant_id: str, day_start_ms: int
+    redis: RedisClient, tenant_id: str, day_start_ms: int
 ) -> dict[str, tuple[int, int, int]]:
     """Per model: (events carrying a quality signal, sum of quality in millionths, their cost
     in micro-dollars) for one tenant on one UTC day."""

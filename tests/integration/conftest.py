@@ -8,7 +8,7 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from detector import keys
@@ -32,6 +33,8 @@ from detector.sinks.kafka import KafkaSink
 from detector.slack_stub import SlackStub
 from detector.startup import ensure_topics
 from detector.windows.counters import WindowStore
+
+from .redis_cluster import ClusterStartError, redis_cluster
 
 # Tests use their own Redis database (flushed per test) so they never touch the demo's or a
 # developer's data in db 0.
@@ -48,6 +51,26 @@ async def redis() -> AsyncIterator[Redis]:
     except (RedisError, OSError):
         pytest.fail(f"Redis not reachable at {TEST_REDIS_URL}; {FIX}")
     await client.flushdb()
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture(scope="session")
+def cluster_ports(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[int]]:
+    """A three-primary Redis Cluster, started once per session by the first test that asks."""
+    try:
+        with redis_cluster(tmp_path_factory.mktemp("cluster")) as ports:
+            yield ports
+    except ClusterStartError as exc:
+        pytest.fail(str(exc))
+
+
+@pytest.fixture
+async def cluster(cluster_ports: list[int]) -> AsyncIterator[RedisCluster]:
+    """A client of the test cluster, emptied (every primary) for each test."""
+    client = RedisCluster.from_url(f"redis://127.0.0.1:{cluster_ports[0]}")
+    await client.initialize()
+    await client.flushall()
     yield client
     await client.aclose()
 
@@ -93,6 +116,24 @@ def settings_factory(run_id: str, tmp_path: Path, redis: Redis) -> Callable[...,
         if not (tmp_path / "rules.yaml").exists():
             (tmp_path / "rules.yaml").write_text("rules: []\n")  # a test may write its own
         return Settings(**values)
+
+    return build
+
+
+@pytest.fixture
+def cluster_settings_factory(
+    settings_factory: Callable[..., Settings], cluster_ports: list[int], cluster: RedisCluster
+) -> Callable[..., Settings]:
+    """Settings as settings_factory's, on the emptied test cluster: DETECTOR_REDIS_CLUSTER with
+    a URL naming two nodes (not the one the `cluster` client starts from), as a user sets them."""
+
+    def build(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "redis_url": f"redis://127.0.0.1:{cluster_ports[1]},127.0.0.1:{cluster_ports[2]}/0",
+            "redis_cluster": True,
+        }
+        values.update(overrides)
+        return settings_factory(**values)
 
     return build
 

@@ -1,18 +1,14 @@
-"""The spend windows on a real Redis Cluster: three primaries started here from Debian's
-redis-server, the window store on redis-py's cluster client. Every Lua call must stay in one
-slot (a tenant's, or the global one): a call that touched a key of another node would fail."""
+"""The spend windows on a real Redis Cluster (three primaries from Debian's redis-server, see
+redis_cluster.py and conftest's `cluster`), the window store on redis-py's cluster client.
+Every Lua call must stay in one slot (a tenant's, or the global one): a call that touched a key
+of another node would fail."""
 
 from __future__ import annotations
 
 import asyncio
 import random
-import shutil
-import socket
-import subprocess
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
@@ -22,89 +18,6 @@ from redis.exceptions import NoScriptError
 from detector.pricing import PriceTable, price_event
 from detector.schemas import Scope, UsageEvent
 from detector.windows.counters import PricedEvent, ReachNeeds, WindowStore
-
-NODES = 3
-
-
-def _free_port_pair() -> int:
-    """A port p with p and p + 10000 (the cluster bus) both free."""
-    for _ in range(200):
-        port = random.randint(20000, 30000)
-        try:
-            for candidate in (port, port + 10000):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", candidate))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no free port pair for a cluster node")
-
-
-@pytest.fixture(scope="module")
-def cluster_ports(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[int]]:
-    server, cli = shutil.which("redis-server"), shutil.which("redis-cli")
-    if server is None or cli is None:
-        pytest.fail("redis-server and redis-cli are needed: run scripts/services up")
-    root = tmp_path_factory.mktemp("cluster")
-    ports: list[int] = []
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        for _ in range(NODES):
-            port = _free_port_pair()
-            node_dir = Path(root, str(port))
-            node_dir.mkdir()
-            args = [server, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
-            args += ["--appendonly", "no", "--cluster-enabled", "yes", "--dir", str(node_dir)]
-            args += ["--logfile", str(node_dir / "redis.log")]
-            procs.append(
-                subprocess.Popen(args, stdout=subprocess.DEVNULL)  # noqa: S603 (redis-server)
-            )
-            ports.append(port)
-        for port in ports:
-            _wait_ping(cli, port)
-        nodes = [f"127.0.0.1:{port}" for port in ports]
-        create = [cli, "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"]
-        if _cli(create, timeout_s=30).returncode != 0:
-            pytest.fail("redis-cli --cluster create failed")
-        _wait_cluster_ok(cli, ports)
-        yield ports
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            proc.wait(timeout=10)
-
-
-def _cli(args: list[str], timeout_s: float = 5) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(args, capture_output=True, timeout=timeout_s, check=False)  # noqa: S603 (redis-cli)
-
-
-def _wait_ping(cli: str, port: int) -> None:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if _cli([cli, "-p", str(port), "ping"]).stdout.strip() == b"PONG":
-            return
-        time.sleep(0.05)
-    pytest.fail(f"cluster node on port {port} did not start")
-
-
-def _wait_cluster_ok(cli: str, ports: list[int]) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        states = [_cli([cli, "-p", str(port), "cluster", "info"]).stdout for port in ports]
-        if all(b"cluster_state:ok" in state for state in states):
-            return
-        time.sleep(0.1)
-    pytest.fail("the test cluster did not reach cluster_state:ok")
-
-
-@pytest.fixture
-async def cluster(cluster_ports: list[int]) -> AsyncIterator[RedisCluster]:
-    client = RedisCluster.from_url(f"redis://127.0.0.1:{cluster_ports[0]}")
-    await client.initialize()
-    await client.flushall()
-    yield client
-    await client.aclose()
 
 
 def _events(table: PriceTable, now_ms: int, n: int) -> list[PricedEvent]:

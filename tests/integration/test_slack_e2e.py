@@ -46,7 +46,14 @@ async def test_alert_to_slack_lift_from_its_command_then_resolved_in_thread(
     python: str,
 ) -> None:
     (tmp_path / "rules.yaml").write_text(RULES)
-    settings = settings_factory()
+    await alert_lift_resolve(settings_factory(), slack_stub, worker_factory, python)
+
+
+async def alert_lift_resolve(
+    settings: Settings, slack_stub: SlackStub, worker_factory: WorkerStarter, python: str
+) -> None:
+    """A worker alerts on Slack, the command in the message lifts the block, and the notifier
+    replies "resolved" in the alert's thread (test_cluster_product runs it on a cluster)."""
     worker, log_path = await worker_factory(
         settings,
         DETECTOR_SLACK_BOT_TOKEN="xoxb-test",

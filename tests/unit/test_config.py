@@ -132,3 +132,42 @@ def test_config_error_keeps_the_cause(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ConfigError) as exc:
         load_settings()
     assert exc.value.__cause__ is not None
+
+
+def test_a_cluster_url_must_name_database_0(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DETECTOR_REDIS_URL", "redis://10.0.0.5:7000/3")
+    assert config_error(monkeypatch, "DETECTOR_REDIS_CLUSTER", "true") == (
+        "bad setting: DETECTOR_REDIS_CLUSTER='true': a Redis Cluster has only database 0; "
+        "DETECTOR_REDIS_URL='redis://10.0.0.5:7000/3' names database 3"
+    )
+
+
+def test_a_cluster_is_not_reached_over_a_unix_socket(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DETECTOR_REDIS_URL", "unix:///run/redis.sock")
+    assert config_error(monkeypatch, "DETECTOR_REDIS_CLUSTER", "yes") == (
+        "bad setting: DETECTOR_REDIS_CLUSTER='yes': a Redis Cluster is reached over TCP; "
+        "DETECTOR_REDIS_URL='unix:///run/redis.sock' is a unix socket"
+    )
+
+
+def test_a_cluster_url_may_leave_the_database_out() -> None:
+    settings = load_settings(redis_url="redis://10.0.0.5:7000", redis_cluster=True)
+    assert settings.redis_cluster and settings.redis_url == "redis://10.0.0.5:7000"
+
+
+def test_several_nodes_are_for_a_cluster_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DETECTOR_REDIS_URL", "redis://a:7000,b:7000/0")
+    assert config_error(monkeypatch, "DETECTOR_REDIS_CLUSTER", "false") == (
+        "bad setting: DETECTOR_REDIS_CLUSTER='false': DETECTOR_REDIS_URL='redis://a:7000,"
+        "b:7000/0' names several nodes, which only a Redis Cluster has: set "
+        "DETECTOR_REDIS_CLUSTER=true, or name one server"
+    )
+    assert load_settings(redis_cluster=True).redis_url == "redis://a:7000,b:7000/0"
+
+
+def test_each_cluster_node_needs_a_port_number(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DETECTOR_REDIS_URL", "redis://a:7000,b:x/0")
+    assert config_error(monkeypatch, "DETECTOR_REDIS_CLUSTER", "true") == (
+        "bad setting: DETECTOR_REDIS_CLUSTER='true': expected host:port for each node of "
+        "DETECTOR_REDIS_URL='redis://a:7000,b:x/0', got 'b:x'"
+    )
