@@ -66,17 +66,26 @@ class BatchResult:
     alerts: list[Alert] = field(default_factory=list)
 
 
-async def handle_batch(messages: Sequence[RawMessage], deps: Deps, now_ms: int) -> BatchResult:
-    """Count a batch exactly once, run the rules on what it touched, publish the outcome."""
+async def handle_batch(
+    messages: Sequence[RawMessage],
+    deps: Deps,
+    now_ms: int,
+    sources: Sequence[int] | None = None,
+) -> BatchResult:
+    """Count a batch exactly once, run the rules on what it touched, publish the outcome.
+
+    `sources` gives each message's Kafka partition (all 0 when absent), so that the anomaly
+    models follow event time per partition."""
     settings, result = deps.settings, BatchResult()
     priced: list[PricedEvent] = []
-    for key, raw in messages:
+    origins = sources if sources is not None else [0] * len(messages)
+    for (key, raw), source in zip(messages, origins, strict=True):
         try:
             event = decode_event(raw, now_ms, settings.max_future_skew_s, MAX_RETENTION_S)
         except BadEvent as exc:
             result.dead_letters.append((key, raw, exc))
             continue
-        priced.append(PricedEvent(event, price_event(event, deps.prices)))
+        priced.append(PricedEvent(event, price_event(event, deps.prices), source))
 
     rules = deps.rules()
     # A counted cost event releases the reservation made under the same request id, in the
@@ -134,13 +143,30 @@ async def handle_batch(messages: Sequence[RawMessage], deps: Deps, now_ms: int) 
         result.alerts += found.alerts
         result.decisions += found.decisions
 
+    await _publish(result, deps)
+    return result
+
+
+async def handle_idle(deps: Deps, now_ms: int) -> BatchResult:
+    """No events for a while: score the anomaly intervals that are due by now. Intervals close
+    on the slowest partition's event time, and a partition that stays quiet stops holding the
+    others back only after a while (intervals.SOURCE_IDLE_MS), so without this the last
+    minutes before a lull would wait for the next event."""
+    result = BatchResult()
+    if deps.anomaly is not None:
+        found = await deps.anomaly.observe_batch([], deps.rules(), now_ms)
+        result.alerts, result.decisions = found.alerts, found.decisions
+        await _publish(result, deps)
+    return result
+
+
+async def _publish(result: BatchResult, deps: Deps) -> None:
     if result.dead_letters:
         await deps.kafka.send_dead_letters(result.dead_letters)
     if result.decisions:
         await deps.kafka.send_decisions(result.decisions)
     if result.alerts:
         await deps.kafka.send_alerts(result.alerts)
-    return result
 
 
 async def _read_sums(

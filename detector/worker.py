@@ -29,7 +29,7 @@ from detector.anomaly.watch import AnomalyWatch
 from detector.config import Settings
 from detector.decisions.store import DecisionStore
 from detector.errors import BadEvent
-from detector.pipeline import Deps, handle_batch
+from detector.pipeline import Deps, handle_batch, handle_idle
 from detector.pricing import PriceTable
 from detector.redis_client import REDIS_ERRORS, connect_redis
 from detector.reports.digest import DigestSender
@@ -47,6 +47,7 @@ REDIS_REPLY_TIMEOUT_S = 20.0  # far above any batch's Lua time (tens of ms per c
 REDIS_CONNECT_TIMEOUT_S = 5.0
 COLLECT_POLL_MS = 10  # poll interval while a batch runs and the next one is being collected
 OUTBOX_SWEEP_S = 60.0  # how often the worker forwards tenants' leftover global contributions
+IDLE_TICK_S = 1.0  # with no events, the anomaly intervals due by now are scored this often
 # Dead-letter reason of an event the pipeline failed on (a bug, not bad input): it may have
 # been counted in part; the dedup marks keep a replay of it from counting twice.
 PROCESSING_FAILED = "processing_failed"
@@ -158,7 +159,7 @@ class EventsConsumer:
         )
         await consumer.start()
         log.info("consuming %s", settings.topic(keys.TOPIC_EVENTS))
-        swept_s = 0.0
+        swept_s = ticked_s = 0.0
         # Batches in flight: while Redis works on one, Python prepares the next. A batch goes
         # out when nothing is in flight (the stores are idle: no reason to wait) or when it is
         # full; otherwise it keeps collecting, so that under load batches grow with the time a
@@ -187,6 +188,9 @@ class EventsConsumer:
                         records.extend(batch)
                 while inflight and inflight[0][0].done():
                     await _finish(consumer, inflight.popleft())
+                if not records and not inflight and time.monotonic() - ticked_s > IDLE_TICK_S:
+                    await _idle(deps)
+                    ticked_s = time.monotonic()
                 full = len(records) >= settings.batch_max_events
                 # A second batch while one runs: Python prepares it while Redis works on the
                 # first, but not before it is big enough to share the per-batch costs.
@@ -210,7 +214,12 @@ class EventsConsumer:
         delay_s = 0.2
         while True:
             try:
-                result = await handle_batch([(r.key, r.value) for r in records], deps, now_ms())
+                result = await handle_batch(
+                    [(r.key, r.value) for r in records],
+                    deps,
+                    now_ms(),
+                    [r.partition for r in records],
+                )
             except STORE_ERRORS as exc:
                 if stopping():
                     raise  # an error now is no reason to try again
@@ -262,7 +271,7 @@ class EventsConsumer:
 async def _alone(r: ConsumerRecord[Any, Any], deps: Deps) -> None:
     """One event through the pipeline; on a bug, to the dead-letter topic (store errors rise)."""
     try:
-        await handle_batch([(r.key, r.value)], deps, now_ms())
+        await handle_batch([(r.key, r.value)], deps, now_ms(), [r.partition])
     except STORE_ERRORS:
         raise
     except Exception as exc:
@@ -273,17 +282,19 @@ async def _alone(r: ConsumerRecord[Any, Any], deps: Deps) -> None:
 
 class _MovedPartitions(ConsumerRebalanceListener):  # type: ignore[misc]
     """Tells the anomaly watch when partitions are taken away (every rebalance, in aiokafka's
-    eager protocol), so that it stops trusting the model states it holds."""
+    eager protocol), so that it stops trusting the model states it holds, and which ones it
+    was given, so that its event time waits for each of them."""
 
     def __init__(self, watch: AnomalyWatch | None) -> None:
         self._watch = watch
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
         if self._watch is not None and revoked:
-            self._watch.partitions_moved()
+            self._watch.partitions_moved([tp.partition for tp in revoked])
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
-        pass
+        if self._watch is not None and assigned:
+            self._watch.partitions_assigned([tp.partition for tp in assigned], now_ms())
 
 
 async def _stop_batches(tasks: Sequence[asyncio.Task[None]]) -> None:
@@ -300,6 +311,13 @@ async def _stop_batches(tasks: Sequence[asyncio.Task[None]]) -> None:
     for task in tasks:
         if not task.cancelled() and task.exception() is not None:
             log.warning("batch stopped with %r", task.exception())
+
+
+async def _idle(deps: Deps) -> None:
+    try:
+        await handle_idle(deps, now_ms())
+    except STORE_ERRORS as exc:  # the next tick tries again
+        log.warning("scoring due anomaly intervals failed: %r", exc)
 
 
 async def _sweep(windows: WindowStore, full_scan: bool) -> None:

@@ -1,8 +1,12 @@
 """Pure interval book-keeping: spend per entity per interval, with the sub-dimensions inside it.
 
 Events add their cost to the open interval of every entity they belong to; an interval is
-closed once event time (the newest event seen, less a grace for stragglers) has passed its end.
-Money is in integer micro-dollars, as in the windows.
+closed once event time (less a grace for stragglers) has passed its end. Event time is followed
+per source (a Kafka partition, whose events arrive in order): the book's event time is the
+slowest live source's newest event, so a worker catching up on a backlog, where one partition
+may be read minutes of event time ahead of another, does not close intervals the slower one
+still feeds. A source with nothing new for SOURCE_IDLE_MS of the clock stops holding the others
+back. Money is in integer micro-dollars, as in the windows.
 """
 
 from __future__ import annotations
@@ -29,6 +33,9 @@ SUB_SCOPES: dict[Scope, tuple[Scope, ...]] = {
 _ID_AT = {Scope.tenant: 0, Scope.user: 1, Scope.feature: 2, Scope.model: 3, Scope.api_key: 4}
 
 EntityKey = tuple[str, Scope, str]  # tenant, scope, entity id
+# A source (partition) that delivered nothing new for this long (on the caller's clock) no
+# longer holds the book's event time back: it is idle, not behind.
+SOURCE_IDLE_MS = 10_000
 SubKey = tuple[Scope, str]
 
 
@@ -72,8 +79,9 @@ class IntervalBook:
         self.scopes = tuple(scopes)
         self.interval_ms = interval_s * 1000
         self.grace_ms = grace_s * 1000
-        self.watermark_ms = 0  # newest event time seen
         self.closed_before_ms = 0  # intervals starting before this are closed
+        # source -> [newest event time seen from it, clock when it last delivered or joined]
+        self.sources: dict[int, list[int]] = {}
         self.late_events = 0  # events for an interval already closed (counted in windows only)
         self._open: dict[int, dict[EntityKey, OpenInterval]] = {}
         # Per scope: where its id sits in an event's id tuple, and where its sub-dimensions do.
@@ -82,15 +90,20 @@ class IntervalBook:
             for scope in self.scopes
         )
 
-    def add(self, event: UsageEvent, cost_usd_micros: int, clock_ms: int) -> bool:
-        """Count one event; False when its interval is already closed (too late for the model)."""
+    def add(self, event: UsageEvent, cost_usd_micros: int, clock_ms: int, source: int = 0) -> bool:
+        """Count one event from `source`; False when its interval is already closed (too late
+        for the model)."""
         ts_ms = min(event.ts_ms, clock_ms)  # an event from the future must not close intervals
         start = ts_ms - ts_ms % self.interval_ms
+        mark = self.sources.get(source)
+        if mark is None:
+            mark = self.sources[source] = [ts_ms, clock_ms]
+        elif ts_ms > mark[0]:
+            mark[0] = ts_ms
+        mark[1] = clock_ms
         if start < self.closed_before_ms:
             self.late_events += 1
             return False
-        if ts_ms > self.watermark_ms:
-            self.watermark_ms = ts_ms
         book = self._open.get(start)
         if book is None:
             book = self._open[start] = {}
@@ -114,9 +127,30 @@ class IntervalBook:
                     parts[part] = parts.get(part, 0) + cost_usd_micros
         return True
 
-    def close_due(self) -> list[ClosedInterval]:
+    def join(self, sources: Iterable[int], clock_ms: int) -> None:
+        """Sources assigned before they deliver anything: each holds event time back until it
+        delivers or stays idle (a partition read later than the others, at start or after a
+        rebalance, is not left behind by them)."""
+        for source in sources:
+            self.sources.setdefault(source, [0, clock_ms])
+
+    def leave(self, sources: Iterable[int]) -> None:
+        """Sources taken away (their partitions moved to another worker)."""
+        for source in sources:
+            self.sources.pop(source, None)
+
+    def watermark_ms(self, clock_ms: int) -> int:
+        """The book's event time: the newest event of the slowest source still live at
+        clock_ms, or of the newest source when all are idle; 0 before any event."""
+        marks = self.sources.values()
+        live = [ts for ts, seen in marks if clock_ms - seen <= SOURCE_IDLE_MS]
+        if live:
+            return min(live)
+        return max((ts for ts, _ in marks), default=0)
+
+    def close_due(self, clock_ms: int) -> list[ClosedInterval]:
         """Every interval whose end event time has passed (less the grace), oldest first."""
-        due_before = self.watermark_ms - self.grace_ms
+        due_before = self.watermark_ms(clock_ms) - self.grace_ms
         due_before -= due_before % self.interval_ms  # first interval still open
         return self._close(lambda start: start < due_before, due_before)
 

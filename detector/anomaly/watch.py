@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from array import array
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 from detector.anomaly.detectors import UnivariateDetector, make_univariate
@@ -83,18 +83,36 @@ class AnomalyWatch:
         # last moved: no other worker can have learned on them meanwhile.
         self._current: set[EntityKey] = set()
         self._moves = 0  # times partitions were taken from this worker
+        self._assigned: dict[int, int] = {}  # partition -> clock when it was assigned
         self.stats = WatchStats()
 
-    def partitions_moved(self) -> None:
+    def partitions_moved(self, partitions: Iterable[int] = ()) -> None:
         """Partitions were taken from this worker (a rebalance): another worker may learn on
-        any entity from now on, so every state held is checked against Redis before use."""
+        any entity from now on, so every state held is checked against Redis before use; and
+        their event time no longer counts."""
         self._moves += 1
         self._current.clear()
+        gone = set(partitions)
+        for partition in gone:
+            self._assigned.pop(partition, None)
+        if self._book is not None:
+            self._book.leave(gone)
+
+    def partitions_assigned(self, partitions: Iterable[int], now_ms: int) -> None:
+        """Partitions given to this worker: the models' event time waits for each of them
+        (until it delivers, or stays idle), so one read ahead does not close intervals the
+        others still feed."""
+        given = list(partitions)
+        for partition in given:
+            self._assigned[partition] = now_ms
+        if self._book is not None:
+            self._book.join(given, now_ms)
 
     async def observe_batch(
         self, items: Sequence[PricedEvent], rules: RuleSet, now_ms: int
     ) -> Findings:
-        """Take in a batch of newly counted events; score every interval that closed."""
+        """Take in a batch of newly counted events; score every interval that closed (event
+        time is followed per source: each item's partition)."""
         rule = self._configure(rules)
         if rule is None or self._book is None:
             return Findings()
@@ -103,7 +121,7 @@ class AnomalyWatch:
         outcomes: list[Outcome] = []
         for it in items:
             cost_micros = it.costs.total_usd_micros
-            book.add(it.event, cost_micros, now_ms)
+            book.add(it.event, cost_micros, now_ms, it.source)
             if outliers is None or outlier_rule is None:
                 continue
             event = it.event
@@ -115,7 +133,7 @@ class AnomalyWatch:
                 if hit is not None:
                     self.stats.outliers += 1
                     outcomes.append(self._outlier(rules, outlier_rule, hit, it, now_ms))
-        closed = book.close_due()
+        closed = book.close_due(now_ms)
         if closed:
             outcomes += await self._score(rules, rule, closed, now_ms)
         return await self._act(rules, rule, outcomes, now_ms)
@@ -142,8 +160,11 @@ class AnomalyWatch:
             old = self._book
             self._book = IntervalBook(rule.scopes, rule.interval_s, rule.grace_s)
             if old is not None:
-                self._book.watermark_ms = old.watermark_ms
+                self._book.sources = old.sources
                 self._book.closed_before_ms = old.closed_before_ms
+            else:
+                for partition, since_ms in self._assigned.items():
+                    self._book.join([partition], since_ms)
         o = rule.outliers
         if o is None or not o.enabled:
             self._outliers = None
@@ -234,7 +255,7 @@ class AnomalyWatch:
         interval_ms = rule.interval_s * 1000
         # An interval closing long after its end (its partition moved away meanwhile) may be
         # older than what another worker has stored since.
-        watermark_ms = self._book.watermark_ms if self._book is not None else 0
+        watermark_ms = self._book.watermark_ms(now_ms) if self._book is not None else 0
         recent_after_ms = watermark_ms - 2 * interval_ms - rule.grace_s * 1000
         current = self._current
         unsure = [

@@ -376,6 +376,7 @@ return redis.call('LLEN', KEYS[1])
 class PricedEvent:
     event: UsageEvent
     costs: Costs
+    source: int = 0  # the Kafka partition it came from (its event time is followed per source)
 
 
 class Touched(NamedTuple):

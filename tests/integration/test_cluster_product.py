@@ -145,13 +145,18 @@ async def test_worker_on_a_cluster_counts_each_event_once_and_decides(
     [total] = await store.read_windows([("_global", Scope.global_, "all", "1h")], now())
     assert round(total["cost_usd"] * 1_000_000) == sum(expected.values())
     assert await nodes_holding_keys(cluster) >= 2
-    # The anomaly models' states, saved by the worker in the tenants' slots on several nodes.
-    # (Not every tenant's: the events came partition by partition, and the first partition's
-    # event times closed the minutes before the second's arrived.)
-    modelled = await wait_for(lambda: _modelled(cluster, tenants), 30, "anomaly states saved")
+
+    # The anomaly models' states, saved by the worker in the tenants' slots on several nodes:
+    # every tenant's, though the backlog's two partitions are read unevenly (event time is
+    # followed per partition, so one read ahead does not close the other's minutes).
+    async def every_tenant_modelled() -> dict[str, int]:
+        found = await _modelled(cluster, tenants)
+        return found if len(found) == len(tenants) else {}
+
+    modelled = await wait_for(every_tenant_modelled, 30, "anomaly states of every tenant")
     nodes = [cluster.get_node_from_key(keys.anomaly_index_key(t)) for t in modelled]
     homes = {node.name for node in nodes if node is not None}
-    assert len(modelled) >= 5 and len(homes) >= 2, modelled
+    assert len(homes) >= 2, modelled
 
     decisions = await DecisionStore(cluster).lookup([("whale", Scope.tenant, "whale")], now())
     assert [(d.action, d.rule_id) for d in decisions] == [(Action.block, "tenant-hourly-burn")]
