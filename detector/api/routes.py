@@ -183,14 +183,24 @@ async def get_spend(request: web.Request) -> web.Response:
     window = request.query.get("window", "1h")
     if window not in WINDOWS:
         raise BadRequest(f"window must be one of {', '.join(WINDOWS)}, got {window!r}")
-    tenant = "_global" if scope is Scope.global_ else tenant_param(request)
+    # Parameters a scope does not use are still checked: a malformed one is an error, not
+    # something silently ignored.
+    given_id = request.query.get("id")
+    if given_id is not None and not _IDENT_RE.fullmatch(given_id):
+        raise BadRequest("id must be 1-256 printable characters")
+    if scope is Scope.global_:
+        if "tenant_id" in request.query:
+            tenant_param(request)
+        tenant = "_global"
+    else:
+        tenant = tenant_param(request)
     state.authorize(request, "spend:read", None if scope is Scope.global_ else tenant)
     if scope is Scope.global_:
         entity = "all"
     elif scope is Scope.tenant:
         entity = tenant
     else:
-        entity = ident_param(request, "id") or ""
+        entity = given_id or ""
         if not entity:
             raise BadRequest(f"id is required for scope {scope.value}")
     try:
