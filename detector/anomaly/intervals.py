@@ -141,12 +141,16 @@ class IntervalBook:
 
     def watermark_ms(self, clock_ms: int) -> int:
         """The book's event time: the newest event of the slowest source still live at
-        clock_ms, or of the newest source when all are idle; 0 before any event."""
+        clock_ms. When every source is idle, the stream is quiet, not behind: event time then
+        follows the clock, SOURCE_IDLE_MS behind it, so that the last intervals before a lull
+        are scored without waiting for the next event. 0 before any event."""
         marks = self.sources.values()
+        if not marks:
+            return 0
         live = [ts for ts, seen in marks if clock_ms - seen <= SOURCE_IDLE_MS]
         if live:
             return min(live)
-        return max((ts for ts, _ in marks), default=0)
+        return max(max(ts for ts, _ in marks), clock_ms - SOURCE_IDLE_MS)
 
     def close_due(self, clock_ms: int) -> list[ClosedInterval]:
         """Every interval whose end event time has passed (less the grace), oldest first."""

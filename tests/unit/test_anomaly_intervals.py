@@ -84,6 +84,19 @@ def test_an_idle_partition_stops_holding_event_time_back() -> None:
     assert book.sources == {}
 
 
+def test_when_every_partition_is_quiet_event_time_follows_the_clock() -> None:
+    """A lull: the last minute before it is scored once the clock is past its end by the idle
+    time and the grace, without waiting for another event."""
+    book = IntervalBook([Scope.tenant], interval_s=60, grace_s=10)
+    clock = T0 + 30_000
+    book.add(event(1, T0 + 29_000), 1, clock, source=0)
+    assert book.close_due(clock) == []
+    clock = T0 + 60_000 + SOURCE_IDLE_MS + 10_000 - 1  # just short of the grace after its end
+    assert book.close_due(clock) == []
+    clock += 1
+    assert [c.start_ms for c in book.close_due(clock)] == [T0]
+
+
 def test_a_regular_user_is_quiet_until_a_far_dearer_call() -> None:
     watch = OutlierWatch(factor=20, min_cost_usd=1.0, warmup=20, max_entities=100)
     key = ("acme", Scope.user, "u1")
