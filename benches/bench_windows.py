@@ -49,6 +49,7 @@ from typing import Any
 
 import orjson
 import workloads
+import yaml
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from common import delete_run_topics, run_settings, services_reachable
 from redis.asyncio import Redis
@@ -490,6 +491,12 @@ async def main(args: argparse.Namespace) -> int:
         if not await services_reachable(settings, "bench_windows"):
             return 1
         rules = RulesHolder(settings.rules)
+        if args.models == "off":  # the same rules without the `anomaly:` section
+            full = yaml.safe_load(settings.rules.read_text())
+            off_path = Path(data_dir) / "rules-off.yaml"
+            off_path.write_text(yaml.safe_dump({k: v for k, v in full.items() if k != "anomaly"}))
+            rules = RulesHolder(off_path)
+            assert rules().anomaly is None
         mix = workloads.Mix(seed=args.seed, tenants=args.tenants, users=args.mix_users)
         events = workloads.load_mix_events(mix, args.events)
         redis = Redis.from_url(settings.redis_url)
@@ -536,6 +543,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="comma-separated cases to run: worker, memory (default both)",
     )
     parser.add_argument("--profile-events", type=int, default=20_000)
+    parser.add_argument(
+        "--models",
+        choices=("on", "off"),
+        default="on",
+        help="off: the repository's rules without their anomaly section",
+    )
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--timeout-s", type=float, default=300.0, help="per consumer in case 1")
     parser.add_argument("--kafka", default="127.0.0.1:9092")
