@@ -86,22 +86,27 @@ class UsageEvent(BaseModel):
     tags: dict[str, str] = Field(default_factory=dict, max_length=MAX_TAGS)
 
     def entity(self, scope: Scope) -> str | None:
-        """The id of this event's entity along `scope`, or None when the event has none."""
-        match scope:
-            case Scope.global_:
-                return "all"
-            case Scope.tenant:
-                return self.tenant_id
-            case Scope.user:
-                return self.user_id
-            case Scope.feature:
-                return self.feature
-            case Scope.model:
-                return self.model
-            case Scope.api_key:
-                return self.api_key_id
-            case Scope.session:
-                return self.session_id
+        """The id of this event's entity along `scope`, or None when the event has none.
+
+        >>> ev = UsageEvent(event_id="e", ts_ms=0, tenant_id="t", user_id="u", feature="f",
+        ...                 model="m", input_tokens=1, output_tokens=1)
+        >>> [ev.entity(s) for s in Scope]
+        ['all', 't', 'u', 'f', 'm', None, None]
+        """
+        name = _ENTITY_FIELD[scope]
+        return "all" if name is None else getattr(self, name)
+
+
+# The event field that holds each scope's entity id (a table: looked up per event and scope).
+_ENTITY_FIELD: dict[Scope, str | None] = {
+    Scope.global_: None,
+    Scope.tenant: "tenant_id",
+    Scope.user: "user_id",
+    Scope.feature: "feature",
+    Scope.model: "model",
+    Scope.api_key: "api_key_id",
+    Scope.session: "session_id",
+}
 
 
 class Decision(BaseModel):
