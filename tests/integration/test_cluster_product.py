@@ -52,35 +52,21 @@ from .conftest import (
     settings_env,
     wait_for,
 )
+from .test_reservations import RULES as RESERVATION_RULES
 from .test_slack_e2e import RULES as SLACK_RULES
 from .test_slack_e2e import alert_lift_resolve
+from .test_walking_skeleton import RULES as SKELETON_RULES
 
-BURN_RULES = """
-rules:
-  - id: tenant-hourly-burn
-    scope: tenant
-    metric: cost_usd
-    window: 1h
-    threshold: 1.0
-    action: block
-    for: 10m
-    severity: critical
-anomaly:
+# The walking skeleton's burn rule, with the anomaly models on tenants and users.
+BURN_RULES = (
+    SKELETON_RULES
+    + """anomaly:
   scopes: [tenant, user]
   interval: 1m
   persist_every: 1
   outliers: null
 """
-
-BUDGET_RULES = """
-budgets:
-  - id: tenant-daily
-    scope: tenant
-    period: day
-    amount_usd: 10
-    alert_at: [1.0]
-    action: block
-"""
+)
 
 
 def now() -> int:
@@ -220,7 +206,7 @@ async def test_api_on_a_cluster(
     """Spend, a reservation and decisions through the API's own cluster client; with a maximum
     cache age of 5 minutes, only the pub/sub announcements can explain a changed answer."""
     rules_path = tmp_path / "rules.yaml"
-    rules_path.write_text(BUDGET_RULES)
+    rules_path.write_text(RESERVATION_RULES)
     settings = cluster_settings_factory(api_cache_max_age_s=300.0)
     kafka = KafkaSink(settings)
     await kafka.start()
