@@ -58,7 +58,7 @@ from detector import keys
 from detector.config import Settings
 from detector.decisions.store import DecisionStore
 from detector.ingest.decode import decode_event
-from detector.pipeline import Deps, RawMessage, handle_batch
+from detector.pipeline import Deps, RawMessage, Turn, handle_batch
 from detector.pricing import PriceTable, price_event
 from detector.rules.holder import RulesHolder
 from detector.schemas import Scope, UsageEvent
@@ -172,10 +172,12 @@ class TimedConsumer(EventsConsumer):
         super().__init__(settings, rules, prices)
         self.span = span
 
-    async def _process(self, records: Sequence[ConsumerRecord[Any, Any]], deps: Deps) -> None:
+    async def _process(
+        self, records: Sequence[ConsumerRecord[Any, Any]], deps: Deps, turn: Turn | None = None
+    ) -> None:
         if self.span.first_s is None:
             self.span.first_s = time.perf_counter()
-        await super()._process(records, deps)
+        await super()._process(records, deps, turn)
         self.span.counted += len(records)
         self.span.last_s = time.perf_counter()
 

@@ -5,6 +5,7 @@ decode -> price -> windows (exactly once) -> rules -> decisions -> outputs (Kafk
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -45,6 +46,40 @@ log = logging.getLogger(__name__)
 RawMessage = tuple[bytes | None, bytes]  # Kafka key, value
 
 
+@dataclass(slots=True)
+class Turn:
+    """A batch's place among the batches a worker runs at once, for the one stage that must see
+    them in the order they were started: the anomaly models follow each partition's event
+    time, so a batch started later but done first would close intervals that the earlier batch
+    still feeds (its events would then count in the windows but not in the models).
+
+    >>> turns = Turns()
+    >>> first, second = turns.next(), turns.next()
+    >>> second.previous is first.done and first.previous is None
+    True
+    """
+
+    previous: asyncio.Event | None
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def wait(self) -> None:
+        """Until every batch started before this one has passed the ordered stage."""
+        if self.previous is not None:
+            await self.previous.wait()
+
+
+class Turns:
+    """Hands out turns in the order batches start."""
+
+    def __init__(self) -> None:
+        self._last: asyncio.Event | None = None
+
+    def next(self) -> Turn:
+        turn = Turn(self._last)
+        self._last = turn.done
+        return turn
+
+
 @dataclass(frozen=True)
 class Deps:
     settings: Settings
@@ -71,11 +106,13 @@ async def handle_batch(
     deps: Deps,
     now_ms: int,
     sources: Sequence[int] | None = None,
+    turn: Turn | None = None,
 ) -> BatchResult:
     """Count a batch exactly once, run the rules on what it touched, publish the outcome.
 
     `sources` gives each message's Kafka partition (all 0 when absent), so that the anomaly
-    models follow event time per partition."""
+    models follow event time per partition. With `turn`, batches running at once reach the
+    anomaly models in the order they were started (the rest of the work overlaps freely)."""
     settings, result = deps.settings, BatchResult()
     priced: list[PricedEvent] = []
     origins = sources if sources is not None else [0] * len(messages)
@@ -138,10 +175,14 @@ async def handle_batch(
         result.decisions = [d for d, c in zip(enforced, changes, strict=True) if c is Change.new]
         result.alerts.extend(o.alert for o in (*alerting, *budget_outcomes))
 
+    if turn is not None and deps.anomaly is not None and rules.anomaly is not None:
+        await turn.wait()
     if deps.anomaly is not None and applied.applied:
         found = await deps.anomaly.observe_batch(applied.applied, rules, now_ms)
         result.alerts += found.alerts
         result.decisions += found.decisions
+    if turn is not None:
+        turn.done.set()
 
     await _publish(result, deps)
     return result

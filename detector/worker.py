@@ -29,7 +29,7 @@ from detector.anomaly.watch import AnomalyWatch
 from detector.config import Settings
 from detector.decisions.store import DecisionStore
 from detector.errors import BadEvent
-from detector.pipeline import Deps, handle_batch, handle_idle
+from detector.pipeline import Deps, Turn, Turns, handle_batch, handle_idle
 from detector.pricing import PriceTable
 from detector.redis_client import REDIS_ERRORS, connect_redis
 from detector.reports.digest import DigestSender
@@ -166,6 +166,7 @@ class EventsConsumer:
         # batch takes and the per-batch costs are shared by many events. Offsets are committed
         # strictly in order, each after its own batch is done.
         inflight: deque[tuple[asyncio.Task[None], Polled]] = deque()
+        turns = Turns()
         records: list[ConsumerRecord[Any, Any]] = []
         polled: Polled = {}
         try:
@@ -201,7 +202,7 @@ class EventsConsumer:
                 if records and (not inflight or full or overlap):
                     if len(inflight) >= settings.batches_in_flight:
                         await _finish(consumer, inflight.popleft())
-                    task = asyncio.create_task(self._process(records, deps))
+                    task = asyncio.create_task(self._process(records, deps, turns.next()))
                     inflight.append((task, polled))
                     records, polled = [], {}
         finally:
@@ -210,7 +211,18 @@ class EventsConsumer:
             await kafka.close()
             await redis.aclose()
 
-    async def _process(self, records: Sequence[ConsumerRecord[Any, Any]], deps: Deps) -> None:
+    async def _process(
+        self, records: Sequence[ConsumerRecord[Any, Any]], deps: Deps, turn: Turn | None = None
+    ) -> None:
+        try:
+            await self._process_in_turn(records, deps, turn)
+        finally:
+            if turn is not None:
+                turn.done.set()  # whatever happened, the batches after this one go on
+
+    async def _process_in_turn(
+        self, records: Sequence[ConsumerRecord[Any, Any]], deps: Deps, turn: Turn | None
+    ) -> None:
         delay_s = 0.2
         while True:
             try:
@@ -219,6 +231,7 @@ class EventsConsumer:
                     deps,
                     now_ms(),
                     [r.partition for r in records],
+                    turn,
                 )
             except STORE_ERRORS as exc:
                 if stopping():
@@ -231,6 +244,8 @@ class EventsConsumer:
                 continue
             except Exception:  # a bug on some event: isolate it, so the rest still count
                 log.exception("batch of %d failed; retrying event by event", len(records))
+                if turn is not None:
+                    await turn.wait()  # the events alone reach the models after earlier batches
                 await self._process_one_by_one(records, deps)
                 return
             if result.dead_letters or result.alerts or result.late:

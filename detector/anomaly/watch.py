@@ -147,6 +147,12 @@ class AnomalyWatch:
         outcomes = await self._score(rules, rule, closed, now_ms) if closed else []
         return await self._act(rules, rule, outcomes, now_ms)
 
+    @property
+    def late_events(self) -> int:
+        """Events whose interval had already closed when they came (counted in the windows,
+        not in the models)."""
+        return self._book.late_events if self._book is not None else 0
+
     def state_of(self, key: EntityKey) -> EntityState | None:
         """The in-memory state of one entity, if held (for tests and benches)."""
         return self._states.get(key)

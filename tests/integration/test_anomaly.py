@@ -4,6 +4,7 @@ interval is not learned, one huge call is an outlier, and an enforcing section s
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import random
 import time
@@ -11,13 +12,15 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
+import pytest
 from redis.asyncio import Redis
 
 from detector import keys
 from detector.anomaly.watch import AnomalyWatch
-from detector.pipeline import BatchResult, Deps, handle_batch
+from detector.pipeline import BatchResult, Deps, Turns, handle_batch
 from detector.schemas import Alert, Scope
 from detector.timefmt import rfc3339
+from detector.windows.counters import WindowStore
 
 from .conftest import event_bytes, read_topic
 
@@ -334,3 +337,45 @@ async def test_a_batch_running_when_partitions_move_marks_no_state_current(
     # After a gap, the state judged by the caught batch is checked against Redis again.
     await play(deps, start, range(10, 12), 10, (0.03, 0.07))
     assert watch.stats.index_reads == reads + 1
+
+
+class FirstApplyWaits(WindowStore):
+    """The real window store, whose first apply call waits a little first: a batch started
+    before another then finishes after it, as happens with batches in flight in the worker."""
+
+    first = True
+
+    async def apply_batch(self, *args: Any, **kwargs: Any) -> Any:
+        if self.first:
+            self.first = False
+            await asyncio.sleep(0.5)
+        return await super().apply_batch(*args, **kwargs)
+
+
+@pytest.mark.parametrize("in_turn", [True, False])
+async def test_batches_in_flight_reach_the_models_in_the_order_they_started(
+    pipeline_deps_factory: Callable[[str], Deps], redis: Redis, in_turn: bool
+) -> None:
+    """Batch A (minute 0) starts first but its write is slow; batch B (minute 2, same
+    partition) is done first. With turns, A's events still reach the models before B's moves
+    event time past minute 0; without them (the control), B closes minute 0 first and A's
+    events arrive too late for the models."""
+    base = with_models(pipeline_deps_factory(RULES.format(warmup=5, min_spend=1)), redis)
+    windows = FirstApplyWaits(redis, 3600, base.settings.allowed_lateness_s)
+    deps = dataclasses.replace(base, windows=windows)
+    start = now_ms() - 10 * MINUTE_MS
+    start -= start % MINUTE_MS
+    batch_a = minute_of_calls(start, 0, 20, (0.03, 0.07), seed=1)
+    batch_b = minute_of_calls(start, 2, 20, (0.03, 0.07), seed=2)
+    turns = Turns()
+    turn_a, turn_b = (turns.next(), turns.next()) if in_turn else (None, None)
+    a = asyncio.create_task(handle_batch(batch_a, deps, now_ms(), turn=turn_a))
+    await asyncio.sleep(0.05)  # A is in its slow write
+    b = asyncio.create_task(handle_batch(batch_b, deps, now_ms(), turn=turn_b))
+    await asyncio.gather(a, b)
+    assert deps.anomaly is not None
+    if in_turn:
+        assert deps.anomaly.late_events == 0
+        assert deps.anomaly.stats.intervals_scored >= 1  # minute 0 closed with A's events in it
+    else:
+        assert deps.anomaly.late_events == len(batch_a)
