@@ -96,6 +96,7 @@ class BatchResult:
     applied: int = 0
     duplicates: int = 0
     late: int = 0  # applied events older than the allowed lateness (short windows skipped)
+    late_for_models: int = 0  # counted events whose anomaly interval had already closed
     dead_letters: list[tuple[bytes | None, bytes, BadEvent]] = field(default_factory=list)
     decisions: list[Decision] = field(default_factory=list)
     alerts: list[Alert] = field(default_factory=list)
@@ -178,7 +179,9 @@ async def handle_batch(
     if turn is not None and deps.anomaly is not None and rules.anomaly is not None:
         await turn.wait()
     if deps.anomaly is not None and applied.applied:
+        late_before = deps.anomaly.late_events
         found = await deps.anomaly.observe_batch(applied.applied, rules, now_ms)
+        result.late_for_models = deps.anomaly.late_events - late_before
         result.alerts += found.alerts
         result.decisions += found.decisions
     if turn is not None:

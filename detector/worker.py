@@ -248,12 +248,13 @@ class EventsConsumer:
                     await turn.wait()  # the events alone reach the models after earlier batches
                 await self._process_one_by_one(records, deps)
                 return
-            if result.dead_letters or result.alerts or result.late:
+            if result.dead_letters or result.alerts or result.late or result.late_for_models:
                 log.info(
-                    "batch: %d applied (%d late: short windows skipped), %d duplicate, "
-                    "%d dead-lettered, %d alerts, %d decisions",
+                    "batch: %d applied (%d late: short windows skipped; %d too late for the "
+                    "anomaly models), %d duplicate, %d dead-lettered, %d alerts, %d decisions",
                     result.applied,
                     result.late,
+                    result.late_for_models,
                     result.duplicates,
                     len(result.dead_letters),
                     len(result.alerts),

@@ -372,10 +372,11 @@ async def test_batches_in_flight_reach_the_models_in_the_order_they_started(
     a = asyncio.create_task(handle_batch(batch_a, deps, now_ms(), turn=turn_a))
     await asyncio.sleep(0.05)  # A is in its slow write
     b = asyncio.create_task(handle_batch(batch_b, deps, now_ms(), turn=turn_b))
-    await asyncio.gather(a, b)
+    result_a, result_b = await asyncio.gather(a, b)
     assert deps.anomaly is not None
+    assert result_b.late_for_models == 0
     if in_turn:
-        assert deps.anomaly.late_events == 0
+        assert deps.anomaly.late_events == result_a.late_for_models == 0
         assert deps.anomaly.stats.intervals_scored >= 1  # minute 0 closed with A's events in it
     else:
-        assert deps.anomaly.late_events == len(batch_a)
+        assert deps.anomaly.late_events == result_a.late_for_models == len(batch_a)
