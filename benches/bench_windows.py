@@ -8,7 +8,10 @@ Cases, one line each:
   users, 20 features, 10 priced models, heavy-tailed tokens, timestamps in the last 10 minutes)
   on a fresh topic, read by a bare aiokafka consumer (`getmany` + `orjson.loads`, nothing else;
   base) and by detector.worker.EventsConsumer, the real hot path (cand). Each is timed from the
-  first batch in hand to the last event counted; ratio = cand_eps / base_eps, below 1.
+  first batch in hand to the last event counted; ratio = cand_eps / base_eps, below 1. Then,
+  on the same topic, `minimal_eps`: the issue's "minimal hand-written pipeline" writing the
+  same buckets (consume_minimal: getmany, orjson, each batch summed per tenant, scope, entity
+  and bucket, one pipelined HINCRBY per sum; no pricing, dedup, atomicity, rules or models).
 - memory_per_user: U users in T tenants, a few events each over the last day, applied with
   WindowStore.apply_batch (batches of 2000 from one partition each, as the worker sees them);
   Redis `used_memory` before and after over U, then one line per key kind from `MEMORY USAGE`
@@ -182,6 +185,70 @@ class TimedConsumer(EventsConsumer):
         self.span.last_s = time.perf_counter()
 
 
+MINIMAL_SIZES_MS = (60_000, 300_000, 3_600_000, 86_400_000)  # the worker's bucket sizes
+MINIMAL_NESTED = ("user_id", "feature", "model", "api_key_id", "session_id")
+
+
+async def consume_minimal(settings: Settings, redis_url: str, n: int, timeout_s: float) -> Span:
+    """The issue's "minimal hand-written pipeline", writing the same buckets as the worker:
+    aiokafka getmany, orjson.loads, each batch summed in memory per (tenant, scope, entity,
+    bucket) and written with one pipelined HINCRBY per sum (tokens as the amount, no pricing),
+    then committed. No validation, dedup, atomicity, rules, models or other metrics."""
+    span = Span()
+    consumer = AIOKafkaConsumer(
+        settings.topic(keys.TOPIC_EVENTS),
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=f"{settings.consumer_group}.minimal",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=settings.batch_max_events,
+        fetch_max_bytes=16 * 1024 * 1024,
+    )
+    redis = Redis.from_url(redis_url)
+
+    async def loop() -> None:
+        while True:
+            polled = await consumer.getmany(
+                timeout_ms=settings.batch_max_wait_ms, max_records=settings.batch_max_events
+            )
+            if not polled:
+                continue
+            if span.first_s is None:
+                span.first_s = time.perf_counter()
+            sums: dict[tuple[str, str], int] = defaultdict(int)
+            count = 0
+            for batch in polled.values():
+                count += len(batch)
+                for record in batch:
+                    ev = orjson.loads(record.value)
+                    tenant, ts = ev["tenant_id"], int(ev["ts"])
+                    amount = int(ev.get("input_tokens", 0)) + int(ev.get("output_tokens", 0))
+                    for size in MINIMAL_SIZES_MS:
+                        suffix = f":{size // 1000}:{ts - ts % size}"
+                        sums[(f"min:{{{tenant}}}:tenant{suffix}", tenant)] += amount
+                        for name in MINIMAL_NESTED:
+                            entity = ev.get(name)
+                            if entity is not None:
+                                sums[(f"min:{{{tenant}}}:{name}{suffix}", entity)] += amount
+            pipe = redis.pipeline(transaction=False)
+            for (key, entity), amount in sums.items():
+                pipe.hincrby(key, entity, amount)
+            await pipe.execute()
+            await consumer.commit()
+            span.counted += count
+            span.last_s = time.perf_counter()
+
+    await consumer.start()
+    task = asyncio.create_task(loop())
+    try:
+        await wait_for(span, n, timeout_s, task)
+    finally:
+        await cancel(task)
+        await consumer.stop()
+        await redis.aclose()
+    return span
+
+
 async def consume_worker(
     settings: Settings, rules: RulesHolder, prices: PriceTable, n: int, timeout_s: float
 ) -> Span:
@@ -221,6 +288,8 @@ async def case_worker(
     decisions = await count_keys(redis, "det:dec:*")
     cooldowns = await count_keys(redis, "det:cool:*")
     await redis.flushdb()
+    minimal = await consume_minimal(settings, settings.redis_url, n, timeout_s)
+    await redis.flushdb()
     ratio = cand.eps() / base.eps() if base.eps() > 0 else 0.0
     fields = {
         "case": "worker_vs_bare_consumer",
@@ -235,6 +304,8 @@ async def case_worker(
         "decisions": str(decisions),
         "alert_cooldowns": str(cooldowns),
         "goal_met": "yes" if ratio >= GOAL_RATIO and cand.eps() >= GOAL_EPS else "no",
+        "minimal_eps": f"{minimal.eps():.0f}",
+        "minimal_ratio": f"{minimal.eps() / base.eps() if base.eps() > 0 else 0.0:.4f}x",
     }
     return " ".join(f"{k}={v}" for k, v in fields.items())
 
