@@ -45,7 +45,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,13 +128,22 @@ async def cancel(task: asyncio.Task[None]) -> None:
         await task
 
 
-async def consume_bare(settings: Settings, n: int, timeout_s: float) -> Span:
-    """aiokafka getmany + orjson.loads per value, nothing else: the consumer's own ceiling."""
+async def timed_consume(
+    settings: Settings,
+    name: str,
+    n: int,
+    timeout_s: float,
+    handle: Callable[[list[ConsumerRecord[Any, Any]]], Awaitable[None]],
+    commit: bool,
+) -> Span:
+    """Read the events topic in a consumer group of its own, from the earliest offset, handing
+    each `getmany` result to `handle` (then committing, with `commit`); timed from the first
+    batch in hand to the last handled."""
     span = Span()
     consumer = AIOKafkaConsumer(
         settings.topic(keys.TOPIC_EVENTS),
         bootstrap_servers=settings.kafka_bootstrap,
-        group_id=f"{settings.consumer_group}.bare",
+        group_id=f"{settings.consumer_group}.{name}",
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         max_poll_records=settings.batch_max_events,
@@ -150,10 +159,11 @@ async def consume_bare(settings: Settings, n: int, timeout_s: float) -> Span:
                 continue
             if span.first_s is None:
                 span.first_s = time.perf_counter()
-            for batch in polled.values():
-                for record in batch:
-                    orjson.loads(record.value)
-                span.counted += len(batch)
+            records = [record for batch in polled.values() for record in batch]
+            await handle(records)
+            if commit:
+                await consumer.commit()
+            span.counted += len(records)
             span.last_s = time.perf_counter()
 
     await consumer.start()
@@ -164,6 +174,51 @@ async def consume_bare(settings: Settings, n: int, timeout_s: float) -> Span:
         await cancel(task)
         await consumer.stop()
     return span
+
+
+async def consume_bare(settings: Settings, n: int, timeout_s: float) -> Span:
+    """aiokafka getmany + orjson.loads per value, nothing else: the consumer's own ceiling."""
+
+    async def decode(records: list[ConsumerRecord[Any, Any]]) -> None:
+        for record in records:
+            orjson.loads(record.value)
+
+    return await timed_consume(settings, "bare", n, timeout_s, decode, commit=False)
+
+
+MINIMAL_SIZES_MS = (60_000, 300_000, 3_600_000, 86_400_000)  # the worker's bucket sizes
+MINIMAL_NESTED = ("user_id", "feature", "model", "api_key_id", "session_id")
+
+
+async def consume_minimal(settings: Settings, redis_url: str, n: int, timeout_s: float) -> Span:
+    """The issue's "minimal hand-written pipeline", writing the same buckets as the worker:
+    aiokafka getmany, orjson.loads, each batch summed in memory per (tenant, scope, entity,
+    bucket) and written with one pipelined HINCRBY per sum (tokens as the amount, no pricing),
+    then committed. No validation, dedup, atomicity, rules, models or other metrics."""
+    redis = Redis.from_url(redis_url)
+
+    async def write(records: list[ConsumerRecord[Any, Any]]) -> None:
+        sums: dict[tuple[str, str], int] = defaultdict(int)
+        for record in records:
+            ev = orjson.loads(record.value)
+            tenant, ts = ev["tenant_id"], int(ev["ts"])
+            amount = int(ev.get("input_tokens", 0)) + int(ev.get("output_tokens", 0))
+            for size in MINIMAL_SIZES_MS:
+                suffix = f":{size // 1000}:{ts - ts % size}"
+                sums[(f"min:{{{tenant}}}:tenant{suffix}", tenant)] += amount
+                for name in MINIMAL_NESTED:
+                    entity = ev.get(name)
+                    if entity is not None:
+                        sums[(f"min:{{{tenant}}}:{name}{suffix}", entity)] += amount
+        pipe = redis.pipeline(transaction=False)
+        for (key, entity), amount in sums.items():
+            pipe.hincrby(key, entity, amount)
+        await pipe.execute()
+
+    try:
+        return await timed_consume(settings, "minimal", n, timeout_s, write, commit=True)
+    finally:
+        await redis.aclose()
 
 
 class TimedConsumer(EventsConsumer):
@@ -183,70 +238,6 @@ class TimedConsumer(EventsConsumer):
         await super()._process(records, deps, turn)
         self.span.counted += len(records)
         self.span.last_s = time.perf_counter()
-
-
-MINIMAL_SIZES_MS = (60_000, 300_000, 3_600_000, 86_400_000)  # the worker's bucket sizes
-MINIMAL_NESTED = ("user_id", "feature", "model", "api_key_id", "session_id")
-
-
-async def consume_minimal(settings: Settings, redis_url: str, n: int, timeout_s: float) -> Span:
-    """The issue's "minimal hand-written pipeline", writing the same buckets as the worker:
-    aiokafka getmany, orjson.loads, each batch summed in memory per (tenant, scope, entity,
-    bucket) and written with one pipelined HINCRBY per sum (tokens as the amount, no pricing),
-    then committed. No validation, dedup, atomicity, rules, models or other metrics."""
-    span = Span()
-    consumer = AIOKafkaConsumer(
-        settings.topic(keys.TOPIC_EVENTS),
-        bootstrap_servers=settings.kafka_bootstrap,
-        group_id=f"{settings.consumer_group}.minimal",
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        max_poll_records=settings.batch_max_events,
-        fetch_max_bytes=16 * 1024 * 1024,
-    )
-    redis = Redis.from_url(redis_url)
-
-    async def loop() -> None:
-        while True:
-            polled = await consumer.getmany(
-                timeout_ms=settings.batch_max_wait_ms, max_records=settings.batch_max_events
-            )
-            if not polled:
-                continue
-            if span.first_s is None:
-                span.first_s = time.perf_counter()
-            sums: dict[tuple[str, str], int] = defaultdict(int)
-            count = 0
-            for batch in polled.values():
-                count += len(batch)
-                for record in batch:
-                    ev = orjson.loads(record.value)
-                    tenant, ts = ev["tenant_id"], int(ev["ts"])
-                    amount = int(ev.get("input_tokens", 0)) + int(ev.get("output_tokens", 0))
-                    for size in MINIMAL_SIZES_MS:
-                        suffix = f":{size // 1000}:{ts - ts % size}"
-                        sums[(f"min:{{{tenant}}}:tenant{suffix}", tenant)] += amount
-                        for name in MINIMAL_NESTED:
-                            entity = ev.get(name)
-                            if entity is not None:
-                                sums[(f"min:{{{tenant}}}:{name}{suffix}", entity)] += amount
-            pipe = redis.pipeline(transaction=False)
-            for (key, entity), amount in sums.items():
-                pipe.hincrby(key, entity, amount)
-            await pipe.execute()
-            await consumer.commit()
-            span.counted += count
-            span.last_s = time.perf_counter()
-
-    await consumer.start()
-    task = asyncio.create_task(loop())
-    try:
-        await wait_for(span, n, timeout_s, task)
-    finally:
-        await cancel(task)
-        await consumer.stop()
-        await redis.aclose()
-    return span
 
 
 async def consume_worker(
