@@ -52,9 +52,8 @@ from typing import Any
 
 import orjson
 import workloads
-import yaml
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
-from common import delete_run_topics, run_settings, services_reachable
+from common import delete_run_topics, rules_without_models, run_settings, services_reachable
 from redis.asyncio import Redis
 
 from detector import keys
@@ -67,8 +66,9 @@ from detector.rules.holder import RulesHolder
 from detector.schemas import Scope, UsageEvent
 from detector.sinks.kafka import KafkaSink
 from detector.startup import ensure_topics
-from detector.windows.buckets import MAX_RETENTION_S
+from detector.windows.buckets import BUCKET_SIZES, MAX_RETENTION_S
 from detector.windows.counters import (
+    NESTED_FIELDS,
     ApplyResult,
     PricedEvent,
     ReachNeeds,
@@ -186,16 +186,15 @@ async def consume_bare(settings: Settings, n: int, timeout_s: float) -> Span:
     return await timed_consume(settings, "bare", n, timeout_s, decode, commit=False)
 
 
-MINIMAL_SIZES_MS = (60_000, 300_000, 3_600_000, 86_400_000)  # the worker's bucket sizes
-MINIMAL_NESTED = ("user_id", "feature", "model", "api_key_id", "session_id")
+MINIMAL_SIZES_MS = tuple(b.size_s * 1000 for b in BUCKET_SIZES)  # the worker's bucket sizes
+MINIMAL_NESTED = tuple(name for _, name in NESTED_FIELDS)  # the event fields of nested scopes
 
 
-async def consume_minimal(settings: Settings, redis_url: str, n: int, timeout_s: float) -> Span:
+async def consume_minimal(settings: Settings, redis: Redis, n: int, timeout_s: float) -> Span:
     """The issue's "minimal hand-written pipeline", writing the same buckets as the worker:
     aiokafka getmany, orjson.loads, each batch summed in memory per (tenant, scope, entity,
     bucket) and written with one pipelined HINCRBY per sum (tokens as the amount, no pricing),
     then committed. No validation, dedup, atomicity, rules, models or other metrics."""
-    redis = Redis.from_url(redis_url)
 
     async def write(records: list[ConsumerRecord[Any, Any]]) -> None:
         sums: dict[tuple[str, str], int] = defaultdict(int)
@@ -215,10 +214,7 @@ async def consume_minimal(settings: Settings, redis_url: str, n: int, timeout_s:
             pipe.hincrby(key, entity, amount)
         await pipe.execute()
 
-    try:
-        return await timed_consume(settings, "minimal", n, timeout_s, write, commit=True)
-    finally:
-        await redis.aclose()
+    return await timed_consume(settings, "minimal", n, timeout_s, write, commit=True)
 
 
 class TimedConsumer(EventsConsumer):
@@ -279,7 +275,7 @@ async def case_worker(
     decisions = await count_keys(redis, "det:dec:*")
     cooldowns = await count_keys(redis, "det:cool:*")
     await redis.flushdb()
-    minimal = await consume_minimal(settings, settings.redis_url, n, timeout_s)
+    minimal = await consume_minimal(settings, redis, n, timeout_s)
     await redis.flushdb()
     ratio = cand.eps() / base.eps() if base.eps() > 0 else 0.0
     fields = {
@@ -555,12 +551,8 @@ async def main(args: argparse.Namespace) -> int:
         if not await services_reachable(settings, "bench_windows"):
             return 1
         rules = RulesHolder(settings.rules)
-        if args.models == "off":  # the same rules without the `anomaly:` section
-            full = yaml.safe_load(settings.rules.read_text())
-            off_path = Path(data_dir) / "rules-off.yaml"
-            off_path.write_text(yaml.safe_dump({k: v for k, v in full.items() if k != "anomaly"}))
-            rules = RulesHolder(off_path)
-            assert rules().anomaly is None
+        if args.models == "off":
+            rules = rules_without_models(settings.rules, Path(data_dir))
         mix = workloads.Mix(seed=args.seed, tenants=args.tenants, users=args.mix_users)
         events = workloads.load_mix_events(mix, args.events)
         redis = Redis.from_url(settings.redis_url)

@@ -7,10 +7,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import yaml
 from aiokafka.admin import AIOKafkaAdminClient
 
 from detector.config import Settings
 from detector.errors import ConfigError
+from detector.rules.holder import RulesHolder
 from detector.startup import check_kafka, check_redis
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,6 +29,17 @@ def run_settings(kafka: str, redis_url: str, prefix: str, data_dir: Path) -> Set
         data_dir=data_dir,
         log_level="WARNING",
     )
+
+
+def rules_without_models(rules: Path, data_dir: Path) -> RulesHolder:
+    """The same rules less their `anomaly:` section, written to data_dir, to measure what the
+    anomaly models cost."""
+    full = yaml.safe_load(rules.read_text())
+    path = data_dir / "rules-off.yaml"
+    path.write_text(yaml.safe_dump({k: v for k, v in full.items() if k != "anomaly"}))
+    holder = RulesHolder(path)
+    assert holder().anomaly is None
+    return holder
 
 
 async def services_reachable(settings: Settings, bench: str) -> bool:

@@ -25,13 +25,11 @@ import tempfile
 import uuid
 from pathlib import Path
 
-import yaml
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import workloads
 from bench_ingest import Run, counted_events, fmt_case, timed_consume
-from common import REPO, delete_run_topics, run_settings, services_reachable
+from common import REPO, delete_run_topics, rules_without_models, run_settings, services_reachable
 from redis.asyncio import Redis
 
 from detector import keys
@@ -105,11 +103,9 @@ async def main(args: argparse.Namespace) -> int:
         settings = run_settings(args.kafka, redis_url, prefix, data_dir)
         if not await services_reachable(settings, "bench_models"):
             return 1
-        full = yaml.safe_load((REPO / "rules.yaml").read_text())
-        off_path = data_dir / "rules-off.yaml"
-        off_path.write_text(yaml.safe_dump({k: v for k, v in full.items() if k != "anomaly"}))
-        rules_off, rules_on = RulesHolder(off_path), RulesHolder(REPO / "rules.yaml")
-        assert rules_on().anomaly is not None and rules_off().anomaly is None
+        rules_off = rules_without_models(REPO / "rules.yaml", data_dir)
+        rules_on = RulesHolder(REPO / "rules.yaml")
+        assert rules_on().anomaly is not None
         prices = PriceTable.load()
         events = workloads.load_events(args.seed, args.events)
         span_min = (max(int(e["ts"]) for e in events) - min(int(e["ts"]) for e in events)) / 6e4
