@@ -179,9 +179,8 @@ async def handle_batch(
     if turn is not None and deps.anomaly is not None and rules.anomaly is not None:
         await turn.wait()
     if deps.anomaly is not None and applied.applied:
-        late_before = deps.anomaly.late_events
         found = await deps.anomaly.observe_batch(applied.applied, rules, now_ms)
-        result.late_for_models = deps.anomaly.late_events - late_before
+        result.late_for_models = found.late_events
         result.alerts += found.alerts
         result.decisions += found.decisions
     if turn is not None:

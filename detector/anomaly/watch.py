@@ -45,6 +45,7 @@ MAX_IN_MEMORY_MODELS = 100_000  # per worker; the least recently used are droppe
 class Findings:
     alerts: list[Alert] = field(default_factory=list)
     decisions: list[Decision] = field(default_factory=list)  # new decisions, to publish
+    late_events: int = 0  # events of the batch whose interval had already closed
 
 
 @dataclass
@@ -119,6 +120,7 @@ class AnomalyWatch:
         book, outliers = self._book, self._outliers
         outlier_rule = rule.outliers
         outcomes: list[Outcome] = []
+        late_before = book.late_events
         for it in items:
             cost_micros = it.costs.total_usd_micros
             book.add(it.event, cost_micros, now_ms, it.source)
@@ -133,10 +135,13 @@ class AnomalyWatch:
                 if hit is not None:
                     self.stats.outliers += 1
                     outcomes.append(self._outlier(rules, outlier_rule, hit, it, now_ms))
+        late = book.late_events - late_before
         closed = book.close_due(now_ms)
         if closed:
             outcomes += await self._score(rules, rule, closed, now_ms)
-        return await self._act(rules, rule, outcomes, now_ms)
+        found = await self._act(rules, rule, outcomes, now_ms)
+        found.late_events = late
+        return found
 
     async def flush(self, rules: RuleSet, now_ms: int) -> Findings:
         """Close and score every open interval (the end of a replay)."""
